@@ -1,0 +1,197 @@
+//! The command line: which netname, which mode. Parsed strictly, the lexopt
+//! way; addresses and socket paths stay `OsString` until a mode converts
+//! them on purpose.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use lexopt::prelude::*;
+
+use crate::error::Error;
+
+/// The prefix git-annex puts before a netname to find its helper program.
+pub const HELPER_PREFIX: &str = "git-annex-p2p-";
+
+pub const HELP: &str = "\
+p2p-annex: git-annex P2P transport helpers for tcp and unix-socket networks
+
+Usage:
+  git-annex-p2p-NETNAME ADDRESS              connect: relay stdin/stdout to the peer
+  git-annex-p2p-NETNAME address              print this repository's addresses
+  git-annex-p2p-NETNAME ADDRESS SOCKETFILE   listen: relay peers to git-annex's socket
+  p2p-annex NETNAME ARGS...                  the same, with the netname given
+  p2p-annex --help | --version
+
+Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
+Yggdrasil or Tailscale, or a LAN you trust), unix-sockets, and any name with
+`git config p2p-annex.NAME.transport tcp|unix-sockets`.
+
+Configuration is git config p2p-annex.NETNAME.KEY, for example:
+  p2p-annex.tcp.address          host to advertise (may repeat)
+  p2p-annex.tcp.port             port (picked and stored when unset)
+  p2p-annex.tcp.bind             where listen mode binds (may repeat)
+  p2p-annex.tcp.connect-timeout  default 30s
+  p2p-annex.unix-sockets.dir     socket directory, default /tmp
+
+Exit status: 0 done, 1 failure, 2 usage error. See p2p-annex(1).
+";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Version,
+    Run { netname: String, mode: Mode },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Relay stdio to the peer at ADDRESS.
+    Connect(OsString),
+    /// Print this repository's addresses.
+    Address,
+    /// Accept peers at ADDRESS and relay each to SOCKETFILE.
+    Listen(OsString, PathBuf),
+}
+
+/// Parse the whole command line, program name included.
+pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error> {
+    let argv0 = argv.next().unwrap_or_default();
+    let mut netname = netname_from_argv0(&argv0);
+    let mut positional: Vec<OsString> = Vec::new();
+    let mut parser = lexopt::Parser::from_args(argv);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Value(v) if netname.is_none() => netname = Some(parse_netname(&v)?),
+            Value(v) => positional.push(v),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let Some(netname) = netname else {
+        return Err(Error::Usage("missing NETNAME".into()));
+    };
+    let mut positional = positional.into_iter();
+    let mode = match (positional.next(), positional.next(), positional.next()) {
+        (None, _, _) => return Err(Error::Usage("missing ADDRESS".into())),
+        (Some(a), None, _) if a == "address" => Mode::Address,
+        (Some(a), None, _) => Mode::Connect(a),
+        (Some(a), Some(sock), None) => Mode::Listen(a, PathBuf::from(sock)),
+        (Some(_), Some(_), Some(extra)) => {
+            return Err(Error::Usage(format!(
+                "unexpected argument {:?}",
+                extra.to_string_lossy()
+            )));
+        }
+    };
+    Ok(Command::Run { netname, mode })
+}
+
+/// `git-annex-p2p-tcp` → `tcp`; anything else (`p2p-annex`) names no netname.
+fn netname_from_argv0(argv0: &OsStr) -> Option<String> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    let netname = name.strip_prefix(HELPER_PREFIX)?;
+    valid_netname(netname).then(|| netname.to_string())
+}
+
+fn parse_netname(v: &OsStr) -> Result<String, Error> {
+    match v.to_str() {
+        Some(name) if valid_netname(name) => Ok(name.to_string()),
+        _ => Err(Error::Usage(format!(
+            "bad netname {:?} (expected letters, digits, '-', '_' or '.')",
+            v.to_string_lossy()
+        ))),
+    }
+}
+
+/// Netnames become part of program names and git config keys.
+fn valid_netname(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Command, Error> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn cmd(netname: &str, mode: Mode) -> Command {
+        Command::Run {
+            netname: netname.into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn netname_from_the_program_name() {
+        assert_eq!(
+            run(&["/usr/bin/git-annex-p2p-tcp", "10.0.0.1:5599"]).unwrap(),
+            cmd("tcp", Mode::Connect("10.0.0.1:5599".into()))
+        );
+        assert_eq!(
+            run(&["git-annex-p2p-unix-sockets", "address"]).unwrap(),
+            cmd("unix-sockets", Mode::Address)
+        );
+        assert_eq!(
+            run(&["git-annex-p2p-myygg", "a:1", ".git/annex/p2p/x"]).unwrap(),
+            cmd(
+                "myygg",
+                Mode::Listen("a:1".into(), ".git/annex/p2p/x".into())
+            )
+        );
+    }
+
+    #[test]
+    fn netname_as_the_first_argument() {
+        assert_eq!(
+            run(&["p2p-annex", "tcp", "address"]).unwrap(),
+            cmd("tcp", Mode::Address)
+        );
+        assert_eq!(
+            run(&["./target/p2p-annex", "tcp", "--", "h:1"]).unwrap(),
+            cmd("tcp", Mode::Connect("h:1".into()))
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(run(&["p2p-annex", "--help"]).unwrap(), Command::Help);
+        assert_eq!(run(&["p2p-annex", "-h"]).unwrap(), Command::Help);
+        assert_eq!(
+            run(&["git-annex-p2p-tcp", "--version"]).unwrap(),
+            Command::Version
+        );
+        assert_eq!(run(&["p2p-annex", "-V"]).unwrap(), Command::Version);
+    }
+
+    #[test]
+    fn usage_errors() {
+        let usage = |args: &[&str]| match run(args) {
+            Err(Error::Usage(msg)) => msg,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        };
+        assert_eq!(usage(&["p2p-annex"]), "missing NETNAME");
+        assert_eq!(usage(&["p2p-annex", "tcp"]), "missing ADDRESS");
+        assert_eq!(usage(&["git-annex-p2p-tcp"]), "missing ADDRESS");
+        assert_eq!(
+            usage(&["git-annex-p2p-tcp", "a:1", "s", "extra"]),
+            "unexpected argument \"extra\""
+        );
+        assert!(usage(&["git-annex-p2p-tcp", "--frobnicate"]).contains("--frobnicate"));
+        assert!(usage(&["p2p-annex", "../x", "address"]).starts_with("bad netname"));
+        assert!(usage(&["p2p-annex", "", "address"]).starts_with("bad netname"));
+    }
+
+    #[test]
+    fn an_empty_or_odd_program_name_is_not_a_netname() {
+        assert_eq!(netname_from_argv0(OsStr::new("git-annex-p2p-")), None);
+        assert_eq!(netname_from_argv0(OsStr::new("")), None);
+        assert_eq!(netname_from_argv0(OsStr::new("p2p-annex")), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! The transports, and which one a netname uses.
+
+pub mod tcp;
+pub mod unix;
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::addr::{self, HostPort};
+use crate::cli::Mode;
+use crate::config::Config;
+use crate::error::Error;
+use crate::listen::{self, Listener};
+use crate::log::Log;
+use crate::relay::{self, End};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    UnixSockets,
+}
+
+impl Transport {
+    /// Built-in netnames name their transport; any other netname takes it
+    /// from `p2p-annex.<netname>.transport`.
+    pub fn for_netname(cfg: &Config) -> Result<Transport, Error> {
+        match cfg.netname() {
+            "tcp" => return Ok(Transport::Tcp),
+            "unix-sockets" => return Ok(Transport::UnixSockets),
+            _ => {}
+        }
+        match cfg.get("transport") {
+            Some("tcp") => Ok(Transport::Tcp),
+            Some("unix-sockets") => Ok(Transport::UnixSockets),
+            Some(other) => Err(cfg.bad_value("transport", other, "tcp or unix-sockets")),
+            None => Err(Error::Usage(format!(
+                "unknown netname {:?}: set its transport with `git config {} tcp` (or unix-sockets)",
+                cfg.netname(),
+                cfg.name("transport")
+            ))),
+        }
+    }
+}
+
+/// Run one mode of one netname.
+pub fn run(netname: &str, mode: Mode) -> Result<(), Error> {
+    let mut cfg = Config::load(netname)?;
+    let transport = Transport::for_netname(&cfg)?;
+    match mode {
+        Mode::Connect(address) => connect(transport, &cfg, &address),
+        Mode::Address => print_addresses(transport, &mut cfg),
+        Mode::Listen(address, socket) => serve(transport, &cfg, &address, &socket),
+    }
+}
+
+fn decode(address: &OsStr) -> Result<String, Error> {
+    Ok(addr::decode_arg(address.as_bytes())?)
+}
+
+fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Error> {
+    let address = decode(address)?;
+    let peer = match transport {
+        Transport::Tcp => {
+            let target = HostPort::parse(&address)?;
+            let timeout = tcp::connect_timeout(cfg)?;
+            End::Socket(tcp::connect(&target, timeout)?.into())
+        }
+        Transport::UnixSockets => End::Socket(unix::connect(&unix::path(cfg, &address)?)?.into()),
+    };
+    let outcome = relay::run(&End::Stdio, &peer).map_err(Error::Relay)?;
+    match outcome.error {
+        None => Ok(()),
+        Some(e) => Err(Error::Relay(e)),
+    }
+}
+
+fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> {
+    let lines = match transport {
+        Transport::Tcp => tcp::addresses(cfg)?,
+        Transport::UnixSockets => vec![unix::new_token()],
+    };
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}").map_err(|e| Error::io("cannot write the addresses", e))?;
+    }
+    out.flush()
+        .map_err(|e| Error::io("cannot write the addresses", e))
+}
+
+fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
+    let address = decode(address)?;
+    let log = Arc::new(Log::new(cfg.netname()));
+    let result = match transport {
+        Transport::Tcp => {
+            let target = HostPort::parse(&address)?;
+            tcp::listeners(cfg, &target).and_then(|ls| {
+                listen::serve(
+                    ls.into_iter().map(Listener::Tcp).collect(),
+                    socket,
+                    Arc::clone(&log),
+                )
+            })
+        }
+        Transport::UnixSockets => {
+            let path = unix::path(cfg, &address)?;
+            unix::listener(&path)
+                .and_then(|l| listen::serve(vec![Listener::Unix(l)], socket, Arc::clone(&log)))
+        }
+    };
+    if let Err(e) = &result {
+        log.line(format_args!("exiting: {e}"));
+    }
+    result
+}

@@ -1,0 +1,361 @@
+//! The `tcp` transport: direct TCP, for overlays that already encrypt
+//! (WireGuard, Yggdrasil, Tailscale, tinc) or a LAN you trust. Plaintext.
+
+use std::io;
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, ToSocketAddrs,
+};
+use std::time::{Duration, Instant};
+
+use crate::addr::{Host, HostPort};
+use crate::config::Config;
+use crate::error::Error;
+use crate::sys;
+
+/// How long connect mode tries before giving up, when not configured.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connect to `target`, trying each address the host resolves to in turn.
+/// The timeout is a budget for all attempts; each attempt gets an equal
+/// share of what is left, so one black-holed address (an IPv6 route that
+/// drops packets, say) cannot eat the time the next one needs.
+pub fn connect(target: &HostPort, timeout: Duration) -> Result<TcpStream, Error> {
+    let fail = |cause| Error::Connect {
+        target: target.to_string(),
+        cause,
+    };
+    let addrs = resolve(target).map_err(fail)?;
+    let deadline = Instant::now() + timeout;
+    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address found");
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let share = left / (addrs.len() - i) as u32;
+        if share.is_zero() {
+            last_err = io::Error::from(io::ErrorKind::TimedOut);
+            break;
+        }
+        match TcpStream::connect_timeout(addr, share) {
+            Ok(stream) => {
+                sys::tune_tcp(&stream).map_err(fail)?;
+                return Ok(stream);
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    Err(fail(last_err))
+}
+
+/// The socket addresses of a host: an IP literal as it is (with its zone as
+/// scope id), a name through the system resolver.
+pub fn resolve(target: &HostPort) -> io::Result<Vec<SocketAddr>> {
+    let port = target.port;
+    match &target.host {
+        Host::V4(ip) => Ok(vec![SocketAddr::new(IpAddr::V4(*ip), port)]),
+        Host::V6(ip, zone) => {
+            let scope = match zone {
+                None => 0,
+                Some(zone) => scope_id(zone)?,
+            };
+            Ok(vec![SocketAddr::V6(SocketAddrV6::new(*ip, port, 0, scope))])
+        }
+        Host::Name(name) => {
+            let addrs: Vec<SocketAddr> = (name.as_str(), port).to_socket_addrs()?.collect();
+            if addrs.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "name has no address",
+                ));
+            }
+            Ok(addrs)
+        }
+    }
+}
+
+/// `eth0` or `2` in `fe80::1%eth0`.
+fn scope_id(zone: &str) -> io::Result<u32> {
+    if let Ok(n) = zone.parse() {
+        return Ok(n);
+    }
+    nix::net::if_::if_nametoindex(zone)
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("no interface {zone:?}")))
+}
+
+/// Connect mode's timeout, from `connect-timeout`.
+pub fn connect_timeout(cfg: &Config) -> Result<Duration, Error> {
+    let t = cfg.duration("connect-timeout", DEFAULT_CONNECT_TIMEOUT)?;
+    if t.is_zero() {
+        return Err(cfg.bad_value("connect-timeout", "0", "a duration above zero"));
+    }
+    Ok(t)
+}
+
+/// Address mode: `HOST:PORT` for each configured `address`, or for each
+/// usable address of this host. Never bracketed (DESIGN.md: git-annex
+/// cannot use bracketed IPv6).
+pub fn addresses(cfg: &mut Config) -> Result<Vec<String>, Error> {
+    let port = port(cfg)?;
+    let configured = cfg.get_all("address");
+    let hosts: Vec<Host> = if configured.is_empty() {
+        local_addresses()?.into_iter().map(Host::from_ip).collect()
+    } else {
+        configured
+            .iter()
+            .map(|h| {
+                let bare = h
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(h);
+                Host::parse(bare)
+                    .map_err(|_| cfg.bad_value("address", h, "a host name or IP address"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if hosts.is_empty() {
+        return Err(Error::Config(format!(
+            "this host has no usable address (no loopback, no link-local); set {}",
+            cfg.name("address")
+        )));
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for host in hosts {
+        let line = HostPort { host, port }.to_string();
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    Ok(lines)
+}
+
+/// The configured port, or a new one, stored so the address stays stable.
+fn port(cfg: &mut Config) -> Result<u16, Error> {
+    if let Some(p) = cfg.get("port") {
+        return crate::addr::parse_port(p.trim())
+            .map_err(|_| cfg.bad_value("port", p, "a port, 1-65535"));
+    }
+    let port = pick_free_port()?;
+    cfg.set("port", &port.to_string())?;
+    Ok(port)
+}
+
+/// Ports are picked below the kernel's ephemeral range: a port from inside
+/// it could be taken by some outgoing connection by the time remotedaemon
+/// restarts, and the listener could not bind it.
+const PICK_LOW: u16 = 10000;
+const PICK_TRIES: u16 = 200;
+
+fn pick_free_port() -> Result<u16, Error> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > PICK_LOW + 1000 {
+        (PICK_LOW, ephemeral_low)
+    } else {
+        (1024, PICK_LOW) // an odd kernel setting: stay below it anyway
+    };
+    let span = u64::from(high - low);
+    let start = sys::random_u64() % span;
+    for i in 0..u64::from(PICK_TRIES) {
+        // Within u16: low + (x % span) < high.
+        let port = low + ((start + i) % span) as u16;
+        if port_is_free(port) {
+            return Ok(port);
+        }
+    }
+    Err(Error::Config(
+        "cannot find a free port; set p2p-annex.NETNAME.port".to_string(),
+    ))
+}
+
+/// Free for both IPv4 and IPv6 listeners.
+fn port_is_free(port: u16) -> bool {
+    let v4 = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok();
+    let v6 = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
+        Ok(_) => true,
+        // A host without IPv6 does not make the port busy.
+        Err(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+        ),
+    };
+    v4 && v6
+}
+
+/// Addresses of interfaces that are up, without loopback and link-local,
+/// which no peer elsewhere could use. Overlay addresses (Yggdrasil's
+/// 200::/7, a WireGuard interface's) are exactly what we want here.
+pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
+    use nix::net::if_::InterfaceFlags;
+    let ifaddrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| Error::io("cannot list this host's addresses", e.into()))?;
+    let mut out = Vec::new();
+    for ifa in ifaddrs {
+        if !ifa.flags.contains(InterfaceFlags::IFF_UP)
+            || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if usable(ip) && !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
+        }
+        IpAddr::V6(v6) => {
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            !(v6.is_loopback() || link_local || v6.is_unspecified() || v6.is_multicast())
+        }
+    }
+}
+
+/// Where listen mode binds: each `bind` value, or the address's own host;
+/// the wildcard on the same port when that host is not an address of this
+/// machine (a NAT router's name, say).
+pub fn listeners(cfg: &Config, target: &HostPort) -> Result<Vec<TcpListener>, Error> {
+    let binds = cfg.get_all("bind");
+    if !binds.is_empty() {
+        let mut out = Vec::new();
+        for b in binds {
+            let addr = parse_bind(b, target.port).ok_or_else(|| {
+                cfg.bad_value("bind", b, "an IP address, IPV4:PORT or [IPV6]:PORT")
+            })?;
+            out.push(bind(addr)?);
+        }
+        return Ok(out);
+    }
+    // A name that does not resolve here is treated like a foreign address.
+    let candidates = resolve(target).unwrap_or_default();
+    let mut out = Vec::new();
+    for addr in candidates {
+        match TcpListener::bind(addr) {
+            Ok(l) => out.push(l),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+            Err(cause) => {
+                return Err(Error::Bind {
+                    target: addr.to_string(),
+                    cause,
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(bind_wildcard(target.port)?);
+    }
+    Ok(out)
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).map_err(|cause| Error::Bind {
+        target: addr.to_string(),
+        cause,
+    })
+}
+
+/// `[::]` takes IPv4 too (dual stack); hosts without IPv6 get `0.0.0.0`.
+fn bind_wildcard(port: u16) -> Result<TcpListener, Error> {
+    match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
+        Ok(l) => Ok(l),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+        Err(cause) => Err(Error::Bind {
+            target: format!("*:{port}"),
+            cause,
+        }),
+    }
+}
+
+/// A `bind` value: an IP address (the port is the address's), or with its
+/// own port as `IPV4:PORT` or `[IPV6]:PORT`. An unbracketed IPv6 is always
+/// read as an address alone (`::1:5000` is a valid IPv6 address).
+fn parse_bind(s: &str, port: u16) -> Option<SocketAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let bare = s.strip_prefix('[').and_then(|s| s.strip_suffix(']'));
+    if let Some(ip) = bare.and_then(|b| b.parse::<Ipv6Addr>().ok()) {
+        return Some(SocketAddr::new(IpAddr::V6(ip), port));
+    }
+    s.parse::<SocketAddr>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_values() {
+        assert_eq!(
+            parse_bind("10.0.0.1", 5599),
+            Some("10.0.0.1:5599".parse().unwrap())
+        );
+        assert_eq!(
+            parse_bind("10.0.0.1:80", 5599),
+            Some("10.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(parse_bind("::1", 5599), Some("[::1]:5599".parse().unwrap()));
+        assert_eq!(
+            parse_bind("[::1]", 5599),
+            Some("[::1]:5599".parse().unwrap())
+        );
+        assert_eq!(
+            parse_bind("[::1]:80", 5599),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(parse_bind("::", 5599), Some("[::]:5599".parse().unwrap()));
+        assert_eq!(parse_bind("host", 5599), None);
+        assert_eq!(parse_bind("10.0.0.1:0x50", 5599), None);
+    }
+
+    #[test]
+    fn usable_addresses_skip_loopback_and_link_local() {
+        for ip in [
+            "127.0.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "febf::1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert!(!usable(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.2",
+            "100.64.0.1",
+            "200:abcd::1",
+            "fd00::1",
+            "fec0::1",
+        ] {
+            assert!(usable(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn picked_ports_are_below_the_ephemeral_range_and_free() {
+        let p = pick_free_port().unwrap();
+        assert!(p >= 1024 && p < 32768, "{p}");
+        assert!(port_is_free(p));
+    }
+}

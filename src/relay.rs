@@ -1,0 +1,269 @@
+//! The relay: copies bytes both ways between two ends, one thread per
+//! direction, each blocking in poll(2) on raw file descriptors.
+//!
+//! The rules are netcat's (`readwrite()` in OpenBSD's netcat.c), with the
+//! half-close always on, because git-annex's peer must see our EOF:
+//! - EOF on a source is passed on: shutdown(SHUT_WR) on a socket, close on
+//!   stdout. The other direction keeps flowing.
+//! - A sink that hangs up (POLLHUP/POLLERR, EPIPE) ends its direction; nothing
+//!   can be delivered there any more, so the other direction only drains
+//!   what is already readable and ends too. This is how we notice git-annex
+//!   closing our stdout while the peer is silent (DESIGN.md).
+//! - A read or poll error ends the whole relay: both directions stop and the
+//!   error is returned.
+//!
+//! Each direction polls its source for input and its sink for hang-up, plus
+//! a wake-up pipe through which the other direction tells it to drain or
+//! abort. No byte is dropped or reordered: every byte read is written out
+//! in order before the next read.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{Shutdown, shutdown};
+
+use crate::sys;
+
+/// Bytes moved per read. Big enough that a GiB costs few system calls, small
+/// enough that 100 connections stay cheap (two buffers each).
+const BUF_SIZE: usize = 64 * 1024;
+
+/// Stack of the second direction's thread: it only runs `pump`.
+const THREAD_STACK: usize = 64 * 1024;
+
+/// One end of a relay.
+pub enum End {
+    /// A connected socket: read and written on one descriptor.
+    Socket(OwnedFd),
+    /// Our own stdin and stdout: pipes when git-annex runs us.
+    Stdio,
+}
+
+impl End {
+    fn reader(&self) -> BorrowedFd<'_> {
+        match self {
+            End::Socket(fd) => fd.as_fd(),
+            End::Stdio => sys::stdin(),
+        }
+    }
+
+    fn writer(&self) -> BorrowedFd<'_> {
+        match self {
+            End::Socket(fd) => fd.as_fd(),
+            End::Stdio => sys::stdout(),
+        }
+    }
+
+    /// Pass on an EOF: the far side of this end reads EOF after what we wrote.
+    fn close_write(&self) {
+        match self {
+            End::Socket(fd) => socket_shutdown(fd, Shutdown::Write),
+            End::Stdio => sys::retire_stdout(),
+        }
+    }
+
+    /// Stop taking input from this end (its sink has gone away).
+    fn close_read(&self) {
+        if let End::Socket(fd) = self {
+            socket_shutdown(fd, Shutdown::Read);
+        }
+    }
+
+    /// Wake any thread blocked on this end; used when the relay fails.
+    fn abort(&self) {
+        if let End::Socket(fd) = self {
+            socket_shutdown(fd, Shutdown::Both);
+        }
+    }
+}
+
+fn socket_shutdown(fd: &OwnedFd, how: Shutdown) {
+    use std::os::fd::AsRawFd;
+    // ENOTCONN only means the peer is already fully gone: nothing to do.
+    let _ = shutdown(fd.as_raw_fd(), how);
+}
+
+/// What a finished relay did: bytes each way, and the error that ended it
+/// early, if one did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    pub error: Option<io::Error>,
+}
+
+/// Relay between `a` and `b` until both directions are done.
+pub fn run(a: &End, b: &End) -> io::Result<Outcome> {
+    let link = Link::new()?;
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("relay".into())
+            .stack_size(THREAD_STACK)
+            .spawn_scoped(scope, || direction(b, a, &link, [a, b]))?;
+        let (a_to_b, err_ab) = direction(a, b, &link, [a, b]);
+        let (b_to_a, err_ba) = other
+            .join()
+            .unwrap_or_else(|_| (0, Some(io::Error::other("relay thread panicked"))));
+        Ok(Outcome {
+            a_to_b,
+            b_to_a,
+            error: err_ab.or(err_ba),
+        })
+    })
+}
+
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const ABORT: u8 = 2;
+
+/// What one direction tells the other: a state, and a pipe that wakes it
+/// from poll when the state changes.
+struct Link {
+    state: AtomicU8,
+    wake_r: OwnedFd,
+    wake_w: OwnedFd,
+}
+
+impl Link {
+    fn new() -> io::Result<Link> {
+        let (wake_r, wake_w) = sys::pipe()?;
+        Ok(Link {
+            state: AtomicU8::new(RUNNING),
+            wake_r,
+            wake_w,
+        })
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    /// Raise the state (never lower it: ABORT wins over DRAIN) and wake the
+    /// other direction. The byte stays in the pipe, so every later poll
+    /// sees it at once and rechecks the state.
+    fn raise(&self, to: u8) {
+        self.state.fetch_max(to, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.wake_w, b"x");
+    }
+}
+
+/// How a direction ended.
+enum Ending {
+    /// The source reached EOF (or drained), and the EOF was passed on.
+    Done,
+    /// The sink can take no more bytes.
+    SinkGone,
+    /// The other direction failed; this one stopped.
+    Aborted,
+}
+
+/// Run one direction and tell the other how it ended. Returns the bytes
+/// moved, and the error that ended the relay if this direction failed.
+fn direction(src: &End, dst: &End, link: &Link, ends: [&End; 2]) -> (u64, Option<io::Error>) {
+    let mut moved = 0u64;
+    match pump(src, dst, link, &mut moved) {
+        Ok(Ending::Done) | Ok(Ending::Aborted) => (moved, None),
+        Ok(Ending::SinkGone) => {
+            src.close_read();
+            link.raise(DRAIN);
+            (moved, None)
+        }
+        Err(e) => {
+            link.raise(ABORT);
+            // A thread blocked in write(2) does not see the wake-up pipe;
+            // shutting the sockets down makes that write return.
+            for end in ends {
+                end.abort();
+            }
+            (moved, Some(e))
+        }
+    }
+}
+
+fn pump(src: &End, dst: &End, link: &Link, moved: &mut u64) -> io::Result<Ending> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+    loop {
+        let state = link.state();
+        if state == ABORT {
+            return Ok(Ending::Aborted);
+        }
+        let draining = state == DRAIN;
+        let mut fds = [
+            PollFd::new(src.reader(), PollFlags::POLLIN),
+            // No events asked: poll still reports POLLHUP/POLLERR, which is
+            // how a peer that went away is noticed while we are idle.
+            PollFd::new(dst.writer(), PollFlags::empty()),
+            PollFd::new(link.wake_r.as_fd(), PollFlags::POLLIN),
+        ];
+        // While draining, take only what is readable right now.
+        let (slots, timeout) = if draining {
+            (&mut fds[..2], PollTimeout::ZERO)
+        } else {
+            (&mut fds[..], PollTimeout::NONE)
+        };
+        match poll(slots, timeout) {
+            Ok(0) => {
+                // Drained: everything the source had is delivered.
+                dst.close_write();
+                return Ok(Ending::Done);
+            }
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let src_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let dst_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if src_ev.contains(PollFlags::POLLNVAL) || dst_ev.contains(PollFlags::POLLNVAL) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // Checked before the source: bytes read now could not be delivered.
+        if dst_ev.intersects(gone) {
+            return Ok(Ending::SinkGone);
+        }
+        // POLLHUP/POLLERR on the source: read anyway, the read tells EOF,
+        // data still buffered, or the error.
+        if src_ev.is_empty() {
+            continue; // only the wake-up pipe: recheck the state
+        }
+        let n = match nix::unistd::read(src.reader(), &mut buf) {
+            Ok(0) => {
+                // EOF: pass it on; the other direction keeps going.
+                dst.close_write();
+                return Ok(Ending::Done);
+            }
+            Ok(n) => n,
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match write_all(dst.writer(), &buf[..n]) {
+            Ok(()) => *moved += n as u64,
+            // The reader went away: nobody wants these bytes any more.
+            Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return Ok(Ending::SinkGone),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            // A non-blocking sink (a descriptor shared with a parent that set
+            // O_NONBLOCK): wait until it takes more.
+            Err(Errno::EAGAIN) => {
+                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

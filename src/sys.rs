@@ -1,0 +1,83 @@
+//! The few places that need `unsafe` or raw libc, each with its reason.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::socket::{setsockopt, sockopt};
+
+/// Our stdin, borrowed for the life of the process.
+pub fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: descriptor 0 is open for the whole run (we never close it; a
+    // parent that closed it before exec would give us EBADF from read, which
+    // the relay reports as an error, not undefined behaviour).
+    unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) }
+}
+
+/// Our stdout, borrowed for the life of the process.
+pub fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: as for stdin; `retire_stdout` replaces descriptor 1 in place
+    // with dup2, so the number stays valid.
+    unsafe { BorrowedFd::borrow_raw(libc::STDOUT_FILENO) }
+}
+
+/// Close our end of the stdout pipe so the reader sees EOF, while keeping
+/// descriptor 1 open (on /dev/null): a descriptor number that was closed
+/// could be reused by the next socket, and stray output would go there.
+pub fn retire_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 on two valid descriptors; it atomically closes the
+        // old descriptor 1 and makes it a copy of /dev/null.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+        }
+    }
+}
+
+/// A pipe whose ends are not inherited by child processes.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// TCP keepalive timing: a peer that vanished on an idle connection (the
+/// change-notification connections remotedaemon keeps open) is noticed
+/// after 60 s idle + 6 probes 10 s apart, two minutes in all.
+const KEEPALIVE_IDLE_SECS: u32 = 60;
+const KEEPALIVE_INTERVAL_SECS: u32 = 10;
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Options for every TCP socket we own: no Nagle (the P2P protocol is small
+/// request/response messages, Nagle cost 25x on small files, DESIGN.md) and
+/// keepalive to find dead peers.
+pub fn tune_tcp(sock: &impl AsFd) -> io::Result<()> {
+    let fd = sock.as_fd();
+    setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
+    setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        setsockopt(&fd, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
+        setsockopt(&fd, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
+        setsockopt(&fd, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+    }
+    Ok(())
+}
+
+/// Random bits for picking ports and tokens. Not for secrets: git-annex's
+/// auth tokens are the secret, and they are not ours to make.
+pub fn random_u64() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(b);
+    }
+    // No /dev/urandom (a bare chroot): the clock and our pid still differ
+    // between two runs.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
