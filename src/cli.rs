@@ -76,6 +76,9 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error>
         (None, _, _) => return Err(Error::Usage("missing ADDRESS".into())),
         (Some(a), None, _) if a == "address" => Mode::Address,
         (Some(a), None, _) => Mode::Connect(a),
+        (Some(_), Some(sock), None) if sock.is_empty() => {
+            return Err(Error::Usage("empty SOCKETFILE".into()));
+        }
         (Some(a), Some(sock), None) => Mode::Listen(a, PathBuf::from(sock)),
         (Some(_), Some(_), Some(extra)) => {
             return Err(Error::Usage(format!(

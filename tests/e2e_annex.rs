@@ -1,0 +1,283 @@
+//! End-to-end: two real git-annex repositories syncing through our helpers.
+//!
+//! Repository A serves: it enables a P2P network (`git annex p2p --enable`,
+//! which runs our helper's address mode), runs `git annex remotedaemon`
+//! (which runs our listen mode) and generates an address. Repository B links
+//! to it (`git annex p2p --link`) and then uses A as an ordinary remote:
+//! every git and git-annex operation below runs our connect mode.
+//!
+//! Run them alone with `cargo test --test tests e2e_annex -- --nocapture`
+//! (the timing test prints its numbers on stderr).
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use crate::support::annex::{Env, Outcome, RemoteDaemon, Repo, Secret, pseudo_random};
+
+/// The network A serves on.
+#[derive(Clone, Copy)]
+enum Net {
+    /// `tcp`, advertising this host (a loopback address: our helper does
+    /// not advertise loopback by itself).
+    Tcp(&'static str),
+    UnixSockets,
+}
+
+impl Net {
+    fn name(self) -> &'static str {
+        match self {
+            Net::Tcp(_) => "tcp",
+            Net::UnixSockets => "unix-sockets",
+        }
+    }
+}
+
+#[test]
+fn sync_over_tcp_ipv4_loopback() {
+    sync_through_peer("e2e-tcp4", Net::Tcp("127.0.0.1"));
+}
+
+#[test]
+fn sync_over_tcp_ipv6_loopback() {
+    require_ipv6_loopback();
+    // Unbracketed: git-annex does not take `[::1]:PORT` for a P2P remote.
+    sync_through_peer("e2e-tcp6", Net::Tcp("::1"));
+}
+
+#[test]
+fn sync_over_unix_sockets() {
+    sync_through_peer("e2e-unix", Net::UnixSockets);
+}
+
+/// Wall time of `git annex get` of 300 small files, over tcp and over
+/// unix-sockets. Printed, never asserted: it varies with the machine and
+/// with the tests running beside it. (A TCP relay without TCP_NODELAY takes
+/// about 25 times as long as one with it.)
+#[test]
+fn time_get_of_300_small_files() {
+    const FILES: usize = 300;
+    let env = Env::new("e2e-timing");
+    let a = env.repo("a");
+    for i in 0..FILES {
+        a.write(&format!("f{i:03}"), &pseudo_random(1000 + i as u64, 200));
+    }
+    a.annex(&["add", "."]);
+    a.git(&["commit", "-q", "-m", "many small files"]);
+    let served = [Net::Tcp("127.0.0.1"), Net::UnixSockets];
+    for net in served {
+        enable(&a, net);
+    }
+    let daemon = a.start_remotedaemon();
+
+    let mut report = Vec::new();
+    for net in served {
+        let b = env.repo(&format!("b-{}", net.name()));
+        b.link("peerA", &single_address(&a, net));
+        // History comes straight from A's directory: a `git fetch` of this
+        // many files through the peer often hangs in git-annex's relay race
+        // (see Repo::fetch), and this test times content transfer only.
+        let a_dir = a.path().to_str().expect("UTF-8 test path");
+        b.git(&["fetch", "-q", a_dir, "+refs/heads/*:refs/remotes/peerA/*"]);
+        b.annex(&["merge"]);
+        b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
+        let got = b
+            .annex_cmd(&["get", "--from", "peerA", "."])
+            .deadline(Duration::from_secs(240))
+            .ok();
+        assert_eq!(
+            b.files_in("here").len(),
+            FILES,
+            "files present in B after get over {}",
+            net.name()
+        );
+        report.push(format!("{} {:.2} s", net.name(), got.elapsed.as_secs_f64()));
+    }
+    eprintln!(
+        "e2e timing: `git annex get` of {FILES} small files: {}",
+        report.join(", ")
+    );
+
+    finish(&env, daemon);
+}
+
+/// The whole round trip between A (serving on `net`) and B.
+fn sync_through_peer(tag: &str, net: Net) {
+    let env = Env::new(tag);
+    let a = env.repo("a");
+    let originals = [
+        ("small.txt", b"hello from A\n".to_vec()),
+        ("with space.bin", pseudo_random(1, 300 * 1024)),
+        ("dir/big.bin", pseudo_random(2, 3 * 1024 * 1024 + 7)),
+    ];
+    for (name, bytes) in &originals {
+        a.write(name, bytes);
+    }
+    let names: Vec<&str> = originals.iter().map(|(n, _)| *n).collect();
+    a.add_and_commit(&names, "files from A");
+
+    enable(&a, net);
+    let daemon = a.start_remotedaemon();
+    let address = single_address(&a, net);
+
+    // B: link, fetch, merge, get: content flows A -> B.
+    let b = env.repo("b");
+    clone_from_peer(&b, &address);
+    b.annex(&["get", "."]);
+    for (name, bytes) in &originals {
+        assert!(
+            b.read(name) == *bytes,
+            "{name}: content in B differs from A's"
+        );
+    }
+    b.annex(&["fsck"]);
+
+    // B -> A: copy a new file to the peer.
+    let new = pseudo_random(3, 500 * 1024);
+    b.write("from-b.bin", &new);
+    b.add_and_commit(&["from-b.bin"], "file from B");
+    b.annex(&["copy", "--to", "peerA", "from-b.bin"]);
+    assert_eq!(
+        b.files_in("peerA"),
+        sorted(&["dir/big.bin", "from-b.bin", "small.txt", "with space.bin"])
+    );
+
+    // Drop from the peer (B holds a copy, so numcopies allows it).
+    b.annex(&["drop", "--from", "peerA", "small.txt"]);
+    assert!(
+        !b.files_in("peerA").contains(&"small.txt".to_string()),
+        "small.txt still listed in peerA"
+    );
+
+    // git push through git-remote-p2p-annex; A merges it.
+    push_to_peer(&b, &a);
+    a.annex(&["merge"]);
+    assert_eq!(
+        a.rev_parse("main"),
+        b.rev_parse("main"),
+        "A's main after merging B's push"
+    );
+    assert!(
+        a.read("from-b.bin") == new,
+        "from-b.bin: content in A differs from B's"
+    );
+    assert_eq!(
+        a.files_in("here"),
+        sorted(&["dir/big.bin", "from-b.bin", "with space.bin"])
+    );
+    a.annex(&["fsck"]);
+
+    finish(&env, daemon);
+}
+
+/// Enables `net` in A and checks what address mode stored.
+fn enable(a: &Repo, net: Net) {
+    if let Net::Tcp(host) = net {
+        a.config("p2p-annex.tcp.address", host);
+    }
+    a.annex(&["p2p", "--enable", net.name()]);
+    let own = a.own_p2p_addresses();
+    match net {
+        Net::Tcp(host) => {
+            // No port configured: address mode must pick one and store it.
+            let ports = a.config_get_all("p2p-annex.tcp.port");
+            assert_eq!(ports.len(), 1, "p2p-annex.tcp.port after enable: {ports:?}");
+            let expected = format!("p2p-annex::tcp:{host}:{}", ports[0]);
+            assert!(
+                own.contains(&expected),
+                "enabled addresses {own:?} lack {expected}"
+            );
+            assert!(
+                own.iter().all(|l| !l.contains('[') && !l.contains(']')),
+                "bracketed address in {own:?}"
+            );
+        }
+        Net::UnixSockets => {
+            let unix = own
+                .iter()
+                .filter(|l| l.starts_with("p2p-annex::unix-sockets:"))
+                .count();
+            assert_eq!(unix, 1, "unix-sockets addresses among {own:?}");
+        }
+    }
+}
+
+/// The one address of A on `net`, from `git annex p2p --gen-addresses`.
+fn single_address(a: &Repo, net: Net) -> Secret {
+    let mut found = a.gen_addresses(net.name());
+    if let Net::Tcp(host) = net {
+        let prefix = format!("p2p-annex::tcp:{host}:");
+        found.retain(|s| {
+            s.url().starts_with(&prefix) && s.url()[prefix.len()..].parse::<u16>().is_ok()
+        });
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "addresses of A for {}: {found:?}",
+        net.name()
+    );
+    found.remove(0)
+}
+
+/// B links to A as `peerA`, then fetches and merges A's branches.
+fn clone_from_peer(b: &Repo, address: &Secret) {
+    b.link("peerA", address);
+    b.fetch("peerA");
+    b.annex(&["merge"]);
+    b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
+}
+
+/// `git push` of B's branches to A's `synced/` branches.
+///
+/// git-annex's relay race (see Repo::fetch) hits push too: when the last
+/// of receive-pack's output (the final flush packet) is lost, about one push
+/// in four ends with "send-pack: unexpected disconnect while reading
+/// sideband packet" and exit 1 although the refs were updated. It happens
+/// over every transport, so that one failure is tolerated; the refs are
+/// checked either way.
+fn push_to_peer(b: &Repo, a: &Repo) {
+    let pushed: Outcome = b
+        .cmd(
+            "git",
+            &[
+                "push",
+                "peerA",
+                "main:synced/main",
+                "git-annex:synced/git-annex",
+            ],
+        )
+        .run();
+    if !pushed.success() {
+        let known_race = pushed.status.is_some()
+            && pushed
+                .stderr
+                .contains("unexpected disconnect while reading sideband packet");
+        assert!(known_race, "git push failed: {}", pushed.describe());
+        eprintln!("note: git push hit git-annex's CONNECTDONE race; checking the refs arrived");
+    }
+    assert_eq!(
+        a.rev_parse("synced/main"),
+        b.rev_parse("main"),
+        "A's synced/main after push"
+    );
+}
+
+/// Stops A's remotedaemon and listeners and checks nothing else is left.
+fn finish(env: &Env, daemon: RemoteDaemon) {
+    daemon.stop();
+    env.assert_no_leftover_processes();
+}
+
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// The IPv6 test must not pass without testing anything: say clearly why it
+/// cannot run instead.
+fn require_ipv6_loopback() {
+    if let Err(e) = TcpListener::bind("[::1]:0") {
+        panic!("IPv6 loopback ::1 is not usable here ({e}); the IPv6 end-to-end test needs it");
+    }
+}

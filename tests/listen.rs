@@ -1,0 +1,351 @@
+//! Listen mode: peers accepted and relayed to a unix socket served by the
+//! test, as git-annex's remotedaemon would serve it.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A unix socket server that answers each connection with the reverse of
+/// everything it read, after the client's EOF: a reply that proves every
+/// byte arrived, in order, before the EOF.
+fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
+    let listener = UnixListener::bind(path).expect("bind unix socket");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).is_ok() {
+                    got.reverse();
+                    let _ = conn.write_all(&got);
+                }
+            });
+        }
+    })
+}
+
+/// Send `data`, half-close, and return the whole reply.
+fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut writer = stream.try_clone().expect("clone");
+    let data = data.to_vec();
+    let w = thread::spawn(move || {
+        writer.write_all(&data).expect("send");
+        writer.shutdown(Shutdown::Write).expect("shutdown");
+    });
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read reply");
+    w.join().expect("writer");
+    reply
+}
+
+fn reversed(data: &[u8]) -> Vec<u8> {
+    data.iter().rev().copied().collect()
+}
+
+struct Setup {
+    _home: TempDir,
+    listener: Proc,
+    port: u16,
+}
+
+fn start_tcp_listener(tag: &str) -> Setup {
+    let home = TempDir::new(tag);
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
+    let port = free_port();
+    let mut listener = Proc::spawn_logged(
+        p2p(home.path())
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .arg(&socket)
+            .stdin(Stdio::null()),
+    );
+    listener.wait_for_stderr("listening on", DEADLINE);
+    Setup {
+        _home: home,
+        listener,
+        port,
+    }
+}
+
+#[test]
+fn serves_connections_in_sequence() {
+    let mut s = start_tcp_listener("sequence");
+    for i in 0..20 {
+        let data = random_bytes(10_000 + i * 997, i as u64);
+        let stream = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
+        assert_same_bytes(
+            &exchange(stream, &data),
+            &reversed(&data),
+            "sequential reply",
+        );
+    }
+    let closed = s.listener.wait_for_stderr("closed after", DEADLINE);
+    assert!(closed.contains("bytes in"), "{closed}");
+    assert!(
+        s.listener.wait_timeout(Duration::ZERO).is_none(),
+        "listener exited"
+    );
+}
+
+#[test]
+fn serves_connections_in_parallel() {
+    let s = start_tcp_listener("parallel");
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let port = s.port;
+            thread::spawn(move || {
+                let data = random_bytes(1 << 20, 100 + i);
+                let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                assert_same_bytes(&exchange(stream, &data), &reversed(&data), "parallel reply");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+}
+
+#[test]
+fn a_connection_that_cannot_reach_the_socket_does_not_stop_the_listener() {
+    let home = TempDir::new("no-socket");
+    let socket = home.path().join("later.sock");
+    let port = free_port();
+    let mut listener = Proc::spawn_logged(
+        p2p(home.path())
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .arg(&socket),
+    );
+    listener.wait_for_stderr("listening on", DEADLINE);
+    // Nobody serves the socket yet: the peer is closed promptly.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut buf = Vec::new();
+    assert_eq!(stream.read_to_end(&mut buf).expect("read"), 0);
+    let line = listener.wait_for_stderr("cannot connect to", DEADLINE);
+    assert!(line.contains("no such file or directory"), "{line}");
+    // Then git-annex's socket appears, and the next peer is served.
+    reversing_server(&socket);
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert_eq!(exchange(stream, b"abc"), b"cba");
+}
+
+#[test]
+fn port_in_use_fails_at_once() {
+    let home = TempDir::new("busy");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let (status, _, stderr) = run(p2p(home.path())
+        .args(["tcp", &format!("127.0.0.1:{port}")])
+        .arg(home.path().join("s")));
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: address already in use"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bind_setting_overrides_the_address_host() {
+    let home = TempDir::new("bind");
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
+    let port = free_port();
+    let mut cmd = p2p(home.path());
+    // The advertised name is not ours; `bind` says where to listen.
+    cmd.args(["tcp", &format!("nas.example.invalid:{port}")])
+        .arg(&socket);
+    with_config(&mut cmd, &[("p2p-annex.tcp.bind", "::1")]);
+    let mut listener = Proc::spawn_logged(&mut cmd);
+    let line = listener.wait_for_stderr("listening on", DEADLINE);
+    assert!(line.contains(&format!("[::1]:{port}")), "{line}");
+    let stream = TcpStream::connect(("::1", port)).expect("connect");
+    assert_eq!(exchange(stream, b"xyz"), b"zyx");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "bound beyond the configured address"
+    );
+}
+
+#[test]
+fn connect_and_listen_chain_relays_64_mib_byte_exact() {
+    let s = start_tcp_listener("chain");
+    let home = TempDir::new("chain-client");
+    let data = random_bytes(64 << 20, 7);
+    let mut client = Proc::spawn(
+        p2p(home.path())
+            .args(["tcp", &format!("127.0.0.1:{}", s.port)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut stdin = client.child.stdin.take().expect("stdin");
+    let input = data.clone();
+    let feeder = thread::spawn(move || stdin.write_all(&input).expect("feed"));
+    let mut got = Vec::new();
+    client
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut got)
+        .expect("read");
+    feeder.join().expect("feeder");
+    assert_same_bytes(
+        &got,
+        &reversed(&data),
+        "through connect → listen → unix socket",
+    );
+    assert!(client.expect_exit(DEADLINE).success());
+}
+
+mod unix_sockets {
+    use super::*;
+
+    fn token(home: &Path) -> String {
+        let (status, stdout, stderr) = run(p2p(home).args(["unix-sockets", "address"]));
+        assert!(status.success(), "{stderr}");
+        let token = stdout.trim().to_string();
+        assert_eq!(stdout, format!("{token}\n"));
+        assert!(
+            token.len() >= 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{token:?}"
+        );
+        token
+    }
+
+    fn dir_config(cmd: &mut std::process::Command, dir: &Path) {
+        with_config(
+            cmd,
+            &[(
+                "p2p-annex.unix-sockets.dir",
+                dir.to_str().expect("utf-8 dir"),
+            )],
+        );
+    }
+
+    #[test]
+    fn address_prints_a_fresh_token_each_time() {
+        let home = TempDir::new("us-token");
+        assert_ne!(token(home.path()), token(home.path()));
+    }
+
+    #[test]
+    fn connect_through_listen_to_the_socket() {
+        let home = TempDir::new("us-relay");
+        let dir = home.path().join("net");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let socket: PathBuf = home.path().join("annex.sock");
+        reversing_server(&socket);
+        let token = token(home.path());
+        // Stale socket file from a listener that was killed: replaced.
+        drop(UnixListener::bind(dir.join(&token)).expect("stale socket"));
+        let mut cmd = p2p(home.path());
+        cmd.args(["unix-sockets", &token]).arg(&socket);
+        dir_config(&mut cmd, &dir);
+        let mut listener = Proc::spawn_logged(&mut cmd);
+        listener.wait_for_stderr("listening on", DEADLINE);
+
+        let data = random_bytes(3 << 20, 11);
+        let link = helper_link(home.path(), "unix-sockets");
+        let mut cmd = helper(&link, home.path());
+        cmd.arg(&token).stdin(Stdio::piped()).stdout(Stdio::piped());
+        dir_config(&mut cmd, &dir);
+        let mut client = Proc::spawn(&mut cmd);
+        let mut stdin = client.child.stdin.take().expect("stdin");
+        let input = data.clone();
+        let feeder = thread::spawn(move || stdin.write_all(&input).expect("feed"));
+        let mut got = Vec::new();
+        client
+            .child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_end(&mut got)
+            .expect("read");
+        feeder.join().expect("feeder");
+        assert_same_bytes(&got, &reversed(&data), "unix-sockets relay");
+        assert!(client.expect_exit(DEADLINE).success());
+        // A live listener's socket is not taken over by a second one.
+        let mut cmd = p2p(home.path());
+        cmd.args(["unix-sockets", &token]).arg(&socket);
+        dir_config(&mut cmd, &dir);
+        let (status, _, stderr) = run(&mut cmd);
+        assert_eq!(status.code(), Some(1));
+        assert!(stderr.contains("address already in use"), "{stderr}");
+        // The socket file is a plain unix socket: anything can connect.
+        let mut direct = UnixStream::connect(dir.join(&token)).expect("connect directly");
+        direct.write_all(b"12").expect("write");
+        direct.shutdown(Shutdown::Write).expect("shutdown");
+        let mut reply = String::new();
+        direct.read_to_string(&mut reply).expect("read");
+        assert_eq!(reply, "21");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_before_touching_the_filesystem() {
+        let home = TempDir::new("us-bad");
+        for bad in ["../etc/passwd", "a/b", ".hidden", "%2E%2E"] {
+            let (status, _, stderr) = run(p2p(home.path()).args(["unix-sockets", bad]));
+            assert_eq!(status.code(), Some(2), "{bad}: {stderr}");
+            assert!(
+                stderr.starts_with("p2p-annex: unix-sockets: bad token"),
+                "{stderr}"
+            );
+        }
+    }
+
+    #[test]
+    fn connect_to_a_missing_token_fails_cleanly() {
+        let home = TempDir::new("us-missing");
+        let mut cmd = p2p(home.path());
+        cmd.args(["unix-sockets", "nosuchtoken"]);
+        dir_config(&mut cmd, home.path());
+        let (status, _, stderr) = run(&mut cmd);
+        assert_eq!(status.code(), Some(1));
+        assert!(
+            stderr.contains("cannot connect to") && stderr.contains("no such file or directory"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn descriptors_inherited_from_the_parent_are_closed() {
+    // remotedaemon leaks its descriptors (its own listening socket among
+    // them) into the listener; an orphaned listener must not keep them.
+    let home = TempDir::new("inherited-fds");
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
+    let port = free_port();
+    let mut listener = Proc::spawn_logged(
+        std::process::Command::new("sh")
+            .args(["-c", "exec 7</dev/null 9>/dev/null; exec \"$@\"", "sh"])
+            .arg(bin())
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .arg(&socket)
+            .current_dir(home.path())
+            .env("HOME", home.path()),
+    );
+    listener.wait_for_stderr("listening on", DEADLINE);
+    let fd_dir = format!("/proc/{}/fd", listener.pid());
+    let fds: Vec<String> = std::fs::read_dir(&fd_dir)
+        .expect("read /proc/PID/fd")
+        .map(|e| {
+            e.expect("fd entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        !fds.contains(&"7".to_string()) && !fds.contains(&"9".to_string()),
+        "inherited fds still open: {fds:?}"
+    );
+}

@@ -1,0 +1,252 @@
+//! A small std-only harness shared by the integration tests.
+
+#![allow(dead_code)]
+
+pub mod annex;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The binary under test, built by cargo for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_p2p-annex"))
+}
+
+/// A directory removed when the test ends, pass or fail.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let base = std::env::var_os("P2P_ANNEX_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "p2p-annex-test-{}-{}-{}",
+            std::process::id(),
+            n,
+            tag
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any single step of a test may take before the test fails
+/// instead of hanging CI.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The binary, with git config isolated from the machine's: no system or
+/// global config, so only what a test sets (with `GIT_CONFIG_*` or in its
+/// own repository) applies.
+pub fn p2p(home: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    isolate(&mut cmd, home);
+    cmd
+}
+
+/// Run a helper link such as `git-annex-p2p-tcp` made by `helper_link`.
+pub fn helper(link: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(link);
+    isolate(&mut cmd, home);
+    cmd
+}
+
+fn isolate(cmd: &mut Command, home: &Path) {
+    cmd.env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_CONFIG_COUNT")
+        .current_dir(home);
+}
+
+/// Add one-off git config entries through git's own environment variables.
+pub fn with_config(cmd: &mut Command, entries: &[(&str, &str)]) {
+    cmd.env("GIT_CONFIG_COUNT", entries.len().to_string());
+    for (i, (k, v)) in entries.iter().enumerate() {
+        cmd.env(format!("GIT_CONFIG_KEY_{i}"), k);
+        cmd.env(format!("GIT_CONFIG_VALUE_{i}"), v);
+    }
+}
+
+/// `DIR/git-annex-p2p-NETNAME` → the binary under test.
+pub fn helper_link(dir: &Path, netname: &str) -> PathBuf {
+    let link = dir.join(format!("git-annex-p2p-{netname}"));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin(), &link).expect("make helper link");
+    link
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+pub struct Proc {
+    pub child: Child,
+    stderr_lines: Option<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().expect("spawn the binary under test");
+        Proc {
+            child,
+            stderr_lines: None,
+        }
+    }
+
+    /// Spawn with stderr captured line by line, for `wait_for_stderr`.
+    pub fn spawn_logged(cmd: &mut Command) -> Proc {
+        let mut proc = Proc::spawn(cmd.stderr(Stdio::piped()));
+        let stderr: ChildStderr = proc.child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        proc.stderr_lines = Some(rx);
+        proc
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for a stderr line containing `needle`; returns it. Panics with
+    /// everything seen so far if it does not come in time.
+    pub fn wait_for_stderr(&mut self, needle: &str, within: Duration) -> String {
+        let rx = self
+            .stderr_lines
+            .as_ref()
+            .expect("spawned with spawn_logged");
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "no stderr line with {needle:?} within {within:?}; saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line that has arrived so far.
+    pub fn stderr_so_far(&mut self) -> Vec<String> {
+        let rx = self
+            .stderr_lines
+            .as_ref()
+            .expect("spawned with spawn_logged");
+        rx.try_iter().collect()
+    }
+
+    /// Wait for the exit status, at most `within`.
+    pub fn wait_timeout(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The exit status; fails the test if the process does not exit in time.
+    pub fn expect_exit(&mut self, within: Duration) -> ExitStatus {
+        match self.wait_timeout(within) {
+            Some(status) => status,
+            None => panic!("process {} did not exit within {within:?}", self.pid()),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run to completion with a deadline; returns (status, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (ExitStatus, String, String) {
+    let mut proc = Proc::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut out = proc.child.stdout.take().expect("stdout");
+    let mut err = proc.child.stderr.take().expect("stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let mut stderr = String::new();
+    let _ = err.read_to_string(&mut stderr);
+    let status = proc.expect_exit(DEADLINE);
+    (status, out_thread.join().expect("stdout reader"), stderr)
+}
+
+/// A port that was free a moment ago, for a listener the test starts next.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed, so
+/// a test that fails can be rerun with the same data.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compare two byte strings; on failure say where they first differ rather
+/// than dump megabytes.
+#[track_caller]
+pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: got {} bytes, want {}; first difference at {:?}",
+        got.len(),
+        want.len(),
+        first.unwrap_or(got.len().min(want.len()))
+    );
+}

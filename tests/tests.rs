@@ -1,0 +1,13 @@
+//! Integration tests: every test runs the real `p2p-annex` binary against
+//! real peers on loopback.
+
+mod support;
+
+// The command line, address mode, and bad input.
+mod cli;
+// Connect mode against a TCP peer run by the test.
+mod connect;
+// Listen mode relaying to a unix socket, for tcp and unix-sockets.
+mod listen;
+// Real git-annex repositories syncing through our helpers.
+mod e2e_annex;
