@@ -74,7 +74,7 @@ until "$bin" tcp "127.0.0.1:$port" </dev/null >/dev/null 2>&1; do
 	sleep 0.1
 done
 for p in $(ours); do
-	cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
+	cmd=$( (tr '\0' ' ' <"/proc/$p/cmdline") 2>/dev/null) || continue
 	case $cmd in *remotedaemon* | *git-annex-p2p-*) echo "   pid $p: $cmd" ;; esac
 done
 
