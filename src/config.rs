@@ -124,6 +124,19 @@ impl Config {
     }
 }
 
+/// The repository's git directory, absolute, when we run inside one.
+pub fn git_dir() -> Option<std::path::PathBuf> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let dir = text.trim_end_matches('\n');
+    (out.status.success() && !dir.is_empty()).then(|| std::path::PathBuf::from(dir))
+}
+
 /// Split `git config -z` output: records end with NUL, and a newline parts
 /// the key from the value (a key without a value is boolean true in git).
 fn parse_records(out: &[u8]) -> Vec<(String, String)> {

@@ -1,18 +1,29 @@
 //! Listen mode: accept peers and relay each one to a fresh connection to
-//! the unix socket where git-annex serves the P2P protocol. A connection
-//! that fails never stops the listener.
+//! the unix socket where git-annex serves the P2P protocol.
+//!
+//! git-annex does not supervise this process (DESIGN.md): remotedaemon
+//! never waits for it, never stops it, and leaves it orphaned when it dies.
+//! So the listener looks after itself: it exits when its parent is gone or
+//! its socket file is removed or replaced, stops cleanly on SIGTERM, SIGINT
+//! and SIGHUP, caps its connections, and checks the allow-list before it
+//! touches the socket. A connection that fails never stops the listener.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{Shutdown, shutdown};
 
+use crate::allow::{self, Cidr};
+use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::log::Log;
 use crate::relay::{self, End};
@@ -22,9 +33,20 @@ use crate::sys;
 /// logging; the buffers live on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
 
+/// How often the listener looks for its parent and its socket file: an
+/// orphan must be gone within 2 s.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
 /// After running out of descriptors or memory, wait this long before
 /// accepting again rather than spin on the same error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// On stop, how long open connections get to wind down after their sockets
+/// are shut down.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// remotedaemon serves at most 100 connections per network (DESIGN.md).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 pub enum Listener {
     Tcp(TcpListener),
@@ -61,8 +83,8 @@ impl Listener {
         }
     }
 
-    /// Accept one connection, set up for relaying, with the peer's name.
-    fn accept(&self) -> io::Result<(OwnedFd, String)> {
+    /// Accept one connection, with the peer's address (None on a unix socket).
+    fn accept(&self) -> io::Result<(OwnedFd, Option<IpAddr>, String)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
@@ -70,19 +92,68 @@ impl Listener {
                 // the listener is; the relay wants blocking ones.
                 s.set_nonblocking(false)?;
                 sys::tune_tcp(&s)?;
-                Ok((s.into(), peer.to_string()))
+                let ip = allow::canonical(peer.ip());
+                let name = std::net::SocketAddr::new(ip, peer.port()).to_string();
+                Ok((s.into(), Some(ip), name))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(false)?;
-                Ok((s.into(), "local".to_string()))
+                Ok((s.into(), None, "local".to_string()))
             }
         }
     }
 }
 
-/// Accept on every listener until an unrecoverable error.
-pub fn serve(listeners: Vec<Listener>, socket: &Path, log: Arc<Log>) -> Result<(), Error> {
+/// The listener's limits, from configuration.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_connections: usize,
+    /// Peer networks allowed to connect; empty allows everyone.
+    pub allow: Vec<Cidr>,
+}
+
+impl Options {
+    pub fn from_config(cfg: &Config) -> Result<Options, Error> {
+        let max_connections = match cfg.get("max-connections") {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| cfg.bad_value("max-connections", v, "a number above zero"))?,
+        };
+        let allow = cfg
+            .get_all("allow")
+            .into_iter()
+            .map(|v| {
+                Cidr::parse(v).ok_or_else(|| {
+                    cfg.bad_value(
+                        "allow",
+                        v,
+                        "an IP address or a CIDR block such as 10.0.0.0/8",
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Options {
+            max_connections,
+            allow,
+        })
+    }
+}
+
+/// Accept on every listener until told to stop or orphaned. Returns Ok on
+/// a clean stop, Err when the listener cannot go on.
+pub fn serve(
+    listeners: Vec<Listener>,
+    socket: &Path,
+    opts: &Options,
+    log: Arc<Log>,
+) -> Result<(), Error> {
+    let signals = sys::signal_pipe().map_err(|e| Error::io("cannot set up signal handling", e))?;
+    let watch = Watch::new(socket)?;
     for l in &listeners {
         l.set_nonblocking()
             .map_err(|e| Error::io("cannot set up the listening socket", e))?;
@@ -93,68 +164,115 @@ pub fn serve(listeners: Vec<Listener>, socket: &Path, log: Arc<Log>) -> Result<(
         ));
     }
     let socket: Arc<PathBuf> = Arc::new(socket.to_path_buf());
+    let registry = Arc::new(Registry::default());
     let mut backoff = false;
-    loop {
+    let reason = 'serve: loop {
         let mut fds: Vec<PollFd> = listeners
             .iter()
             .map(|l| PollFd::new(l.fd(), PollFlags::POLLIN))
+            .chain([PollFd::new(signals.as_fd(), PollFlags::POLLIN)])
             .collect();
-        let timeout = if backoff {
-            PollTimeout::try_from(ACCEPT_BACKOFF).unwrap_or(PollTimeout::NONE)
-        } else {
-            PollTimeout::NONE
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
+        let timeout = if backoff { ACCEPT_BACKOFF } else { WATCH_EVERY };
+        let ready = match poll(
+            &mut fds,
+            PollTimeout::try_from(timeout).unwrap_or(PollTimeout::NONE),
+        ) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
             Err(e) => return Err(Error::io("poll failed", e.into())),
+        };
+        let signalled = fds
+            .last()
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if signalled {
+            if let Some(sig) = read_signal(&signals) {
+                break 'serve format!("stopping on {}", signal_name(sig));
+            }
+        }
+        if let Some(gone) = watch.check() {
+            break 'serve gone;
+        }
+        if ready == 0 {
+            backoff = false;
+            continue;
         }
         backoff = false;
         for l in &listeners {
             loop {
                 match l.accept() {
-                    Ok((conn, peer)) => spawn_connection(conn, peer, &socket, &log),
+                    Ok((conn, ip, peer)) => {
+                        admit(conn, ip, peer, opts, &socket, &registry, &log);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if transient_accept_error(&e) => {
                         log.line(format_args!("cannot accept: {}", describe(&e)));
-                        backoff = e.raw_os_error().is_some_and(|c| c != libc::ECONNABORTED);
+                        backoff = e.raw_os_error() != Some(libc::ECONNABORTED);
                         break;
                     }
                     Err(e) => return Err(Error::io("cannot accept", e)),
                 }
             }
         }
+    };
+    log.line(format_args!("{reason}"));
+    // Release the port first, so a new listener can bind it at once.
+    drop(listeners);
+    let left = registry.stop_all(STOP_GRACE);
+    log.line(format_args!(
+        "exiting{}",
+        if left > 0 {
+            format!(", {left} connections still closing")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+/// Apply the cap and the allow-list, then hand the connection to a thread.
+fn admit(
+    conn: OwnedFd,
+    ip: Option<IpAddr>,
+    peer: String,
+    opts: &Options,
+    socket: &Arc<PathBuf>,
+    registry: &Arc<Registry>,
+    log: &Arc<Log>,
+) {
+    if let Some(ip) = ip {
+        if !allow::allowed(&opts.allow, ip) {
+            log.line(format_args!("{peer}: refused: not in the allow-list"));
+            return; // dropping `conn` closes it
+        }
     }
-}
-
-/// Errors of one connection or of a momentary shortage, not of the listener.
-fn transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNABORTED
-                | libc::EINTR
-                | libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::EPROTO
-                | libc::EPERM
-                | libc::ENETDOWN
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-        )
-    ) || e.kind() == io::ErrorKind::ConnectionAborted
-        || e.kind() == io::ErrorKind::Interrupted
-}
-
-fn spawn_connection(conn: OwnedFd, peer: String, socket: &Arc<PathBuf>, log: &Arc<Log>) {
-    let (socket, thread_log) = (Arc::clone(socket), Arc::clone(log));
+    let id = match registry.add(&conn, opts.max_connections) {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            log.line(format_args!(
+                "{peer}: refused: {} connections open (max-connections)",
+                opts.max_connections
+            ));
+            return;
+        }
+        Err(e) => {
+            log.line(format_args!("{peer}: closed: {}", describe(&e)));
+            return;
+        }
+    };
+    let (socket, thread_log, thread_registry) =
+        (Arc::clone(socket), Arc::clone(log), Arc::clone(registry));
     let spawned = std::thread::Builder::new()
         .name("connection".into())
         .stack_size(CONNECTION_STACK)
-        .spawn(move || handle(conn, &peer, &socket, &thread_log));
+        .spawn(move || {
+            handle(conn, &peer, &socket, &thread_log);
+            thread_registry.remove(id);
+        });
     if let Err(e) = spawned {
         // The connection went down with the closure: it is closed.
+        registry.remove(id);
         log.line(format_args!(
             "cannot start a thread for a connection: {}",
             describe(&e)
@@ -193,5 +311,156 @@ fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log) {
             ));
         }
         Err(e) => log.line(format_args!("{peer}: cannot relay: {}", describe(&e))),
+    }
+}
+
+/// Errors of one connection or of a momentary shortage, not of the listener.
+fn transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+        )
+    ) || e.kind() == io::ErrorKind::ConnectionAborted
+        || e.kind() == io::ErrorKind::Interrupted
+}
+
+/// The open connections: a duplicate of each peer socket, so that a stop
+/// can shut them all down (which ends their relays), and their count for
+/// the cap.
+#[derive(Default)]
+struct Registry {
+    open: Mutex<(u64, HashMap<u64, OwnedFd>)>,
+    closed: Condvar,
+}
+
+impl Registry {
+    /// Register a connection unless `max` are open already.
+    fn add(&self, conn: &OwnedFd, max: usize) -> io::Result<Option<u64>> {
+        let mut open = self.lock();
+        if open.1.len() >= max {
+            return Ok(None);
+        }
+        let dup = conn.try_clone()?;
+        open.0 += 1;
+        let id = open.0;
+        open.1.insert(id, dup);
+        Ok(Some(id))
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().1.remove(&id);
+        self.closed.notify_all();
+    }
+
+    /// Shut every open connection down and wait up to `grace` for their
+    /// relays to end. Returns how many are still open.
+    fn stop_all(&self, grace: Duration) -> usize {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + grace;
+        let mut open = self.lock();
+        for fd in open.1.values() {
+            let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+        }
+        while !open.1.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            open = match self.closed.wait_timeout(open, left) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        open.1.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, OwnedFd>)> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the listener watches to know it is still wanted: the parent that
+/// started it, and the socket file it relays to.
+struct Watch {
+    /// None when started by init or a subreaper already: nothing to watch.
+    parent: Option<libc::pid_t>,
+    socket: PathBuf,
+    /// Device and inode of the socket file, to notice a replacement.
+    identity: (u64, u64),
+}
+
+impl Watch {
+    fn new(socket: &Path) -> Result<Watch, Error> {
+        let meta = std::fs::metadata(socket)
+            .map_err(|e| Error::io(format!("socket file {}", socket.display()), e))?;
+        let parent = nix::unistd::getppid().as_raw();
+        let parent = (parent > 1).then_some(parent);
+        if parent.is_some() {
+            sys::parent_death_signal();
+        }
+        Ok(Watch {
+            parent,
+            socket: socket.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Why the listener should go, if it should.
+    fn check(&self) -> Option<String> {
+        if let Some(parent) = self.parent {
+            let now = nix::unistd::getppid().as_raw();
+            if now != parent {
+                return Some(format!("exiting: parent process {parent} is gone"));
+            }
+        }
+        match std::fs::metadata(&self.socket) {
+            Err(_) => Some(format!(
+                "exiting: socket file {} was removed",
+                self.socket.display()
+            )),
+            Ok(m) if (m.dev(), m.ino()) != self.identity => Some(format!(
+                "exiting: socket file {} was replaced",
+                self.socket.display()
+            )),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The next stop signal in the pipe, if any; a parent-death hint is not a
+/// stop (the watch decides).
+fn read_signal(pipe: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 16];
+    while let Ok(n) = nix::unistd::read(pipe, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Some(&sig) = buf[..n]
+            .iter()
+            .find(|&&b| i32::from(b) != sys::PARENT_DEATH_SIGNAL)
+        {
+            return Some(i32::from(sig));
+        }
+    }
+    None
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
     }
 }

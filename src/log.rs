@@ -1,19 +1,63 @@
 //! The event log of listen mode: one line per event, never payload bytes,
 //! never auth tokens.
+//!
+//! remotedaemon gives its listeners /dev/null for stderr (DESIGN.md), so
+//! when stderr goes nowhere the log goes to a file the user can find:
+//! `p2p-annex.<netname>.log`, by default `.git/annex/p2p-annex.<netname>.log`
+//! beside git-annex's own files. The file is rotated once (to `.1`) when it
+//! passes `ROTATE_AT`, so a listener that runs for months stays small.
 
 use std::fmt;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Where listen mode reports what happens.
+/// Size at which the log file is renamed to `<log>.1` and started anew.
+pub const ROTATE_AT: u64 = 1024 * 1024;
+
 pub struct Log {
     netname: String,
+    sink: Mutex<Sink>,
+}
+
+enum Sink {
+    Stderr,
+    File {
+        path: PathBuf,
+        file: File,
+        size: u64,
+    },
 }
 
 impl Log {
-    pub fn new(netname: &str) -> Log {
+    pub fn stderr(netname: &str) -> Log {
         Log {
             netname: netname.to_string(),
+            sink: Mutex::new(Sink::Stderr),
+        }
+    }
+
+    /// Append to the file at `path`, creating it (mode 0600: peer addresses
+    /// are nobody else's business).
+    pub fn file(netname: &str, path: &Path) -> io::Result<Log> {
+        let (file, size) = open_append(path)?;
+        Ok(Log {
+            netname: netname.to_string(),
+            sink: Mutex::new(Sink::File {
+                path: path.to_path_buf(),
+                file,
+                size,
+            }),
+        })
+    }
+
+    /// Where the lines go, for the first line of the log.
+    pub fn destination(&self) -> String {
+        match &*self.lock() {
+            Sink::Stderr => "stderr".to_string(),
+            Sink::File { path, .. } => path.display().to_string(),
         }
     }
 
@@ -26,9 +70,52 @@ impl Log {
             self.netname,
             msg
         );
-        // One write per line, so lines from concurrent connections never
-        // interleave. Nothing useful can be done if stderr is gone.
-        let _ = std::io::stderr().write_all(text.as_bytes());
+        let mut sink = self.lock();
+        match &mut *sink {
+            // One write per line, so lines from concurrent connections never
+            // interleave. Nothing useful can be done if stderr is gone.
+            Sink::Stderr => {
+                let _ = io::stderr().write_all(text.as_bytes());
+            }
+            Sink::File { path, file, size } => {
+                if *size + text.len() as u64 > ROTATE_AT {
+                    rotate(path, file, size);
+                }
+                if file.write_all(text.as_bytes()).is_ok() {
+                    *size += text.len() as u64;
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
+        // A thread that panicked while logging leaves a usable sink behind.
+        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    Ok((file, size))
+}
+
+/// Keep one old log: `<log>` becomes `<log>.1`. Several listeners (one per
+/// address) may share the file; one of them renames it and the others keep
+/// appending to `.1` until their own size count says to rotate, which loses
+/// nothing.
+fn rotate(path: &Path, file: &mut File, size: &mut u64) {
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    let _ = std::fs::rename(path, &old);
+    if let Ok((new, len)) = open_append(path) {
+        *file = new;
+        *size = len;
     }
 }
 
@@ -75,5 +162,23 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-25T12:34:56Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn the_file_is_rotated_once_past_the_cap() {
+        let dir = std::env::temp_dir().join(format!("p2p-annex-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.log");
+        let log = Log::file("tcp", &path).unwrap();
+        let filler = "x".repeat(1000);
+        for _ in 0..3000 {
+            log.line(format_args!("{filler}"));
+        }
+        let now = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(dir.join("x.log.1")).unwrap().len();
+        assert!(now <= ROTATE_AT && old <= ROTATE_AT, "{now} {old}");
+        assert!(now > 0 && old > ROTATE_AT / 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,6 +2,7 @@
 //! `main` only turns results into messages and exit codes.
 
 mod addr;
+mod allow;
 mod cli;
 mod config;
 mod error;

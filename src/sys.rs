@@ -110,3 +110,72 @@ pub fn close_inherited_fds() {
         }
     }
 }
+
+/// Does our stderr go nowhere (/dev/null, or closed)? remotedaemon gives
+/// its listeners /dev/null, and then the log must go to a file.
+pub fn stderr_goes_nowhere() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        Ok(st) => st.st_dev as u64 == null.dev() && st.st_ino as u64 == null.ino(),
+        Err(_) => true,
+    }
+}
+
+/// Write end of the signal pipe, for the signal handler (-1 until set).
+static STOP_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    let saved = nix::errno::Errno::last_raw();
+    let fd = STOP_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the buffer is a local byte and
+    // the descriptor is the non-blocking write end of the stop pipe, which
+    // is never closed, so a full pipe drops the byte instead of blocking.
+    unsafe {
+        libc::write(fd, (&raw const byte).cast(), 1);
+    }
+    nix::errno::Errno::set_raw(saved);
+}
+
+/// Turn SIGTERM, SIGINT and SIGHUP (stop) and SIGUSR1 (look around: see
+/// `parent_death_signal`) into a byte holding the signal number on a pipe
+/// (the self-pipe trick), so the listener's poll loop sees them. Returns
+/// the read end.
+pub fn signal_pipe() -> io::Result<OwnedFd> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::os::fd::IntoRawFd;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // Kept open for the life of the process: the handler may run any time.
+    STOP_PIPE.store(w.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(r)
+}
+
+/// The signal `parent_death_signal` asks for.
+pub const PARENT_DEATH_SIGNAL: i32 = libc::SIGUSR1;
+
+/// Ask the kernel for SIGUSR1 when our parent goes: a fast path to notice
+/// an orphaned listener. Only a hint: it fires when the parent *thread*
+/// that forked us exits, which in git-annex's threaded runtime can be any
+/// thread while remotedaemon lives on, so the signal only makes the
+/// listener check `getppid()` at once rather than at its next tick.
+pub fn parent_death_signal() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1);
+}

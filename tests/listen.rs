@@ -112,9 +112,12 @@ fn serves_connections_in_parallel() {
 }
 
 #[test]
-fn a_connection_that_cannot_reach_the_socket_does_not_stop_the_listener() {
-    let home = TempDir::new("no-socket");
-    let socket = home.path().join("later.sock");
+fn a_socket_that_refuses_closes_the_peer_and_the_listener_keeps_running() {
+    // Injected: git-annex's socket file is there but nobody serves it (a
+    // stale socket), so every relay attempt is refused.
+    let home = TempDir::new("refusing-socket");
+    let socket = home.path().join("stale.sock");
+    drop(UnixListener::bind(&socket).expect("bind, then close: a stale socket"));
     let port = free_port();
     let mut listener = Proc::spawn_logged(
         p2p(home.path())
@@ -122,17 +125,19 @@ fn a_connection_that_cannot_reach_the_socket_does_not_stop_the_listener() {
             .arg(&socket),
     );
     listener.wait_for_stderr("listening on", DEADLINE);
-    // Nobody serves the socket yet: the peer is closed promptly.
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    let mut buf = Vec::new();
-    assert_eq!(stream.read_to_end(&mut buf).expect("read"), 0);
-    let line = listener.wait_for_stderr("cannot connect to", DEADLINE);
-    assert!(line.contains("no such file or directory"), "{line}");
-    // Then git-annex's socket appears, and the next peer is served.
-    reversing_server(&socket);
-    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    assert_eq!(exchange(stream, b"abc"), b"cba");
+    for _ in 0..3 {
+        // The peer is closed promptly, without a byte.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let mut buf = Vec::new();
+        assert_eq!(stream.read_to_end(&mut buf).expect("read"), 0);
+        let line = listener.wait_for_stderr("cannot connect to", DEADLINE);
+        assert!(line.contains("connection refused"), "{line}");
+    }
+    assert!(
+        listener.wait_timeout(Duration::ZERO).is_none(),
+        "listener exited"
+    );
 }
 
 #[test]

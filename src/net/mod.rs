@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::listen::{self, Listener};
 use crate::log::Log;
 use crate::relay::{self, End};
+use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -91,27 +92,82 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
 }
 
 fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
-    let address = decode(address)?;
-    let log = Arc::new(Log::new(cfg.netname()));
-    let result = match transport {
-        Transport::Tcp => {
-            let target = HostPort::parse(&address)?;
-            tcp::listeners(cfg, &target).and_then(|ls| {
-                listen::serve(
-                    ls.into_iter().map(Listener::Tcp).collect(),
-                    socket,
-                    Arc::clone(&log),
-                )
-            })
-        }
-        Transport::UnixSockets => {
-            let path = unix::path(cfg, &address)?;
-            unix::listener(&path)
-                .and_then(|l| listen::serve(vec![Listener::Unix(l)], socket, Arc::clone(&log)))
-        }
-    };
+    let log = Arc::new(listener_log(cfg));
+    log.line(format_args!(
+        "starting p2p-annex {} for {} (log: {})",
+        env!("CARGO_PKG_VERSION"),
+        address.to_string_lossy(),
+        log.destination()
+    ));
+    let result = listen_on(transport, cfg, address, socket, &log);
     if let Err(e) = &result {
         log.line(format_args!("exiting: {e}"));
     }
     result
+}
+
+fn listen_on(
+    transport: Transport,
+    cfg: &Config,
+    address: &OsStr,
+    socket: &Path,
+    log: &Arc<Log>,
+) -> Result<(), Error> {
+    let address = decode(address)?;
+    let opts = listen::Options::from_config(cfg)?;
+    let listeners = match transport {
+        Transport::Tcp => {
+            let target = HostPort::parse(&address)?;
+            tcp::listeners(cfg, &target)?
+                .into_iter()
+                .map(Listener::Tcp)
+                .collect()
+        }
+        Transport::UnixSockets => {
+            if !opts.allow.is_empty() {
+                return Err(cfg.bad_value(
+                    "allow",
+                    &cfg.get_all("allow").join(" "),
+                    "nothing: unix-sockets peers have no network address",
+                ));
+            }
+            let path = unix::path(cfg, &address)?;
+            let listener = unix::listener(&path)?;
+            let bound = unix::Bound::new(&path);
+            let result = listen::serve(
+                vec![Listener::Unix(listener)],
+                socket,
+                &opts,
+                Arc::clone(log),
+            );
+            bound.remove();
+            return result;
+        }
+    };
+    listen::serve(listeners, socket, &opts, Arc::clone(log))
+}
+
+/// Listen mode's log: stderr, unless stderr goes nowhere (remotedaemon
+/// gives us /dev/null) or `log` names a file. The default file is
+/// `.git/annex/p2p-annex.<netname>.log`, beside git-annex's own files.
+fn listener_log(cfg: &Config) -> Log {
+    let netname = cfg.netname();
+    let path = match cfg.get("log") {
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None if sys::stderr_goes_nowhere() => crate::config::git_dir()
+            .map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log"))),
+        None => None,
+    };
+    match path {
+        Some(path) => Log::file(netname, &path).unwrap_or_else(|e| {
+            let log = Log::stderr(netname);
+            log.line(format_args!(
+                "cannot open the log file {}: {}",
+                path.display(),
+                crate::error::describe(&e)
+            ));
+            log
+        }),
+        None => Log::stderr(netname),
+    }
 }

@@ -60,3 +60,32 @@ fn is_stale(path: &Path) -> bool {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
         )
 }
+
+/// The socket file we bound, so that we remove it when we stop, but only
+/// if it is still ours (a newer listener may have replaced it).
+pub struct Bound {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl Bound {
+    pub fn new(path: &Path) -> Bound {
+        use std::os::unix::fs::MetadataExt;
+        Bound {
+            path: path.to_path_buf(),
+            identity: std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+        }
+    }
+
+    pub fn remove(self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
