@@ -9,10 +9,6 @@
 //!   can be delivered there any more, so the other direction only drains
 //!   what is already readable and ends too. This is how we notice git-annex
 //!   closing our stdout while the peer is silent (DESIGN.md).
-//! - Our stdout closing, by us (the peer closed) or by its reader, ends the
-//!   relay the same way: git-annex hears the peer only through our stdout,
-//!   and once that is over it waits for us to exit without closing our
-//!   stdin (seen with git-remote-p2p-annex: a fetch hung until it did).
 //! - A read or poll error ends the whole relay: both directions stop and the
 //!   error is returned.
 //!
@@ -169,10 +165,6 @@ enum Ending {
 fn direction(src: &End, dst: &End, link: &Link, ends: [&End; 2]) -> (u64, Option<io::Error>) {
     let mut moved = 0u64;
     match pump(src, dst, link, &mut moved) {
-        Ok(Ending::Done) if matches!(dst, End::Stdio) => {
-            link.raise(DRAIN);
-            (moved, None)
-        }
         Ok(Ending::Done) | Ok(Ending::Aborted) => (moved, None),
         Ok(Ending::SinkGone) => {
             src.close_read();
