@@ -267,8 +267,11 @@ fn admit(
         .name("connection".into())
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
-            handle(conn, &peer, &socket, &thread_log);
+            let last_words = handle(conn, &peer, &socket, &thread_log);
+            // Free the slot before saying so, so that whoever reads the log
+            // line can count on the slot.
             thread_registry.remove(id);
+            thread_log.line(format_args!("{peer}: {last_words}"));
         });
     if let Err(e) = spawned {
         // The connection went down with the closure: it is closed.
@@ -280,37 +283,36 @@ fn admit(
     }
 }
 
-fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log) {
+/// Relay one connection; returns how it ended, for the log.
+fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log) -> String {
     let start = Instant::now();
     let local = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) => {
-            log.line(format_args!(
-                "{peer}: closed: cannot connect to {}: {}",
+            return format!(
+                "closed: cannot connect to {}: {}",
                 socket.display(),
                 describe(&e)
-            ));
-            return;
+            );
         }
     };
     log.line(format_args!("{peer}: connected"));
     let peer_end = End::Socket(conn);
     let local_end = End::Socket(local.into());
-    let secs = || start.elapsed().as_secs_f64();
     match relay::run(&peer_end, &local_end) {
         Ok(out) => {
             let how = match &out.error {
                 None => "closed".to_string(),
                 Some(e) => format!("failed: {}", describe(e)),
             };
-            log.line(format_args!(
-                "{peer}: {how} after {:.1}s, {} bytes in, {} bytes out",
-                secs(),
+            format!(
+                "{how} after {:.1}s, {} bytes in, {} bytes out",
+                start.elapsed().as_secs_f64(),
                 out.a_to_b,
                 out.b_to_a
-            ));
+            )
         }
-        Err(e) => log.line(format_args!("{peer}: cannot relay: {}", describe(&e))),
+        Err(e) => format!("cannot relay: {}", describe(&e)),
     }
 }
 

@@ -281,3 +281,76 @@ fn require_ipv6_loopback() {
         panic!("IPv6 loopback ::1 is not usable here ({e}); the IPv6 end-to-end test needs it");
     }
 }
+
+/// remotedaemon is stopped with a signal (it has no stop command) and its
+/// listener is not: the listener must notice by itself, free its port, and
+/// let the next remotedaemon's listener serve on the same port.
+#[test]
+fn listener_follows_remotedaemon_through_kill_and_restart() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::Instant;
+
+    let env = Env::new("e2e-restart");
+    let a = env.repo("a");
+    a.write("f.txt", b"served after a restart\n");
+    a.add_and_commit(&["f.txt"], "one file");
+    enable(&a, Net::Tcp("127.0.0.1"));
+    let port = a.config_get_all("p2p-annex.tcp.port").remove(0);
+    let address = single_address(&a, Net::Tcp("127.0.0.1"));
+    let b = env.repo("b");
+    let mut daemon = a.start_remotedaemon();
+    b.link("peerA", &address);
+
+    for signal in [Signal::SIGKILL, Signal::SIGTERM] {
+        let listeners: Vec<u32> = daemon.listeners().iter().map(|p| p.pid).collect();
+        for pid in daemon.pids() {
+            kill(Pid::from_raw(pid as i32), signal).expect("signal remotedaemon");
+        }
+        let killed = Instant::now();
+        while listeners.iter().any(|&pid| listener_alive(pid)) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(2),
+                "listener still running 2 s after remotedaemon got {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "remotedaemon {signal}: listener gone after {:?}",
+            killed.elapsed()
+        );
+
+        // A new remotedaemon: its listener binds the same port and accepts
+        // within 3 s, and serves a real transfer.
+        // The old guard goes first: it kills whatever runs in the repository.
+        daemon.stop();
+        let started = Instant::now();
+        daemon = a.start_remotedaemon();
+        while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("port")))
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "no listener accepts on port {port} 3 s after remotedaemon restarted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "new remotedaemon: port {port} accepting after {:?}",
+            started.elapsed()
+        );
+        let key = key_of(&a, "f.txt");
+        b.annex(&["get", "--from", "peerA", "--key", &key]);
+        b.annex(&["drop", "--force", "--key", &key]);
+    }
+    daemon.stop();
+    env.assert_no_leftover_processes();
+}
+
+fn listener_alive(pid: u32) -> bool {
+    crate::support::annex::Proc::read(pid).is_some_and(|p| p.alive())
+}
+
+fn key_of(repo: &Repo, file: &str) -> String {
+    repo.annex(&["lookupkey", file]).stdout.trim().to_string()
+}

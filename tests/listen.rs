@@ -9,44 +9,8 @@ use std::process::Stdio;
 use std::thread;
 use std::time::Duration;
 
+use crate::support::peers::*;
 use crate::support::*;
-
-/// A unix socket server that answers each connection with the reverse of
-/// everything it read, after the client's EOF: a reply that proves every
-/// byte arrived, in order, before the EOF.
-fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
-    let listener = UnixListener::bind(path).expect("bind unix socket");
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            thread::spawn(move || {
-                let mut got = Vec::new();
-                if conn.read_to_end(&mut got).is_ok() {
-                    got.reverse();
-                    let _ = conn.write_all(&got);
-                }
-            });
-        }
-    })
-}
-
-/// Send `data`, half-close, and return the whole reply.
-fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
-    let mut writer = stream.try_clone().expect("clone");
-    let data = data.to_vec();
-    let w = thread::spawn(move || {
-        writer.write_all(&data).expect("send");
-        writer.shutdown(Shutdown::Write).expect("shutdown");
-    });
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).expect("read reply");
-    w.join().expect("writer");
-    reply
-}
-
-fn reversed(data: &[u8]) -> Vec<u8> {
-    data.iter().rev().copied().collect()
-}
 
 struct Setup {
     _home: TempDir,

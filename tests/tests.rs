@@ -9,5 +9,9 @@ mod cli;
 mod connect;
 // Listen mode relaying to a unix socket, for tcp and unix-sockets.
 mod listen;
+// The listener's life: orphans, signals, its log, its cap and allow-list.
+mod lifecycle;
+// Fault injection and load through one listener.
+mod faults;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;

@@ -1,0 +1,198 @@
+//! Test peers: servers and clients that check every byte.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::thread;
+
+/// A unix socket server that answers each connection with the reverse of
+/// everything it read, after the client's EOF: a reply that proves every
+/// byte arrived, in order, before the EOF.
+pub fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
+    let listener = UnixListener::bind(path).expect("bind unix socket");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).is_ok() {
+                    got.reverse();
+                    let _ = conn.write_all(&got);
+                }
+            });
+        }
+    })
+}
+
+/// Send `data`, half-close, and return the whole reply.
+pub fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut writer = stream.try_clone().expect("clone");
+    let data = data.to_vec();
+    let w = thread::spawn(move || {
+        writer.write_all(&data).expect("send");
+        writer.shutdown(Shutdown::Write).expect("shutdown");
+    });
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).expect("read reply");
+    w.join().expect("writer");
+    reply
+}
+
+pub fn reversed(data: &[u8]) -> Vec<u8> {
+    data.iter().rev().copied().collect()
+}
+
+/// An endless deterministic byte stream (xorshift64*), generated in place
+/// so that gigabytes can be sent and checked without holding them.
+pub struct Stream {
+    x: u64,
+    pending: [u8; 8],
+    used: usize,
+}
+
+impl Stream {
+    pub fn new(seed: u64) -> Stream {
+        Stream {
+            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            pending: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_byte(&mut self) -> u8 {
+        if self.used == 8 {
+            self.x ^= self.x >> 12;
+            self.x ^= self.x << 25;
+            self.x ^= self.x >> 27;
+            self.pending = self.x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            self.used = 0;
+        }
+        self.used += 1;
+        self.pending[self.used - 1]
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next_byte();
+        }
+    }
+
+    /// Does `got` continue this stream? Advances it either way.
+    pub fn matches(&mut self, got: &[u8]) -> bool {
+        got.iter().fold(true, |ok, &b| self.next_byte() == b && ok)
+    }
+}
+
+/// Send `len` bytes of `Stream::new(seed)` and shut the write side.
+pub fn send_stream(mut w: impl Write, seed: u64, len: usize) -> std::io::Result<()> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        s.fill(&mut buf[..n]);
+        w.write_all(&buf[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Read to EOF and check it is exactly `len` bytes of `Stream::new(seed)`.
+pub fn check_stream(mut r: impl Read, seed: u64, len: usize) -> Result<(), String> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| format!("read after {total} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        if total + n > len || !s.matches(&buf[..n]) {
+            return Err(format!("wrong bytes at or after offset {total}"));
+        }
+        total += n;
+    }
+    if total == len {
+        Ok(())
+    } else {
+        Err(format!("got {total} bytes, want {len}"))
+    }
+}
+
+/// The stream a `stream_server` answers with, for a client seed.
+pub fn answer_seed(seed: u64) -> u64 {
+    seed ^ 0x5a5a_5a5a_5a5a_5a5a
+}
+
+/// A unix socket server for both-ways load: each connection starts with an
+/// 8-byte seed and a 8-byte length; the server sends `len` bytes of
+/// `Stream::new(answer_seed(seed))` while it checks that the client sends
+/// `len` bytes of `Stream::new(seed)` and then EOF; then it writes one
+/// verdict byte, `Y` or `N`, and closes.
+pub fn stream_server(path: &Path) -> thread::JoinHandle<()> {
+    let listener = UnixListener::bind(path).expect("bind unix socket");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            thread::spawn(move || {
+                let mut head = [0u8; 16];
+                if (&conn).read_exact(&mut head).is_err() {
+                    return;
+                }
+                let seed = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+                let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) as usize;
+                let writer = conn.try_clone().expect("clone");
+                let sender = thread::spawn(move || send_stream(writer, answer_seed(seed), len));
+                let verdict = check_stream(&conn, seed, len);
+                let sent = sender.join().expect("sender");
+                let ok = verdict.is_ok() && sent.is_ok();
+                let _ = (&conn).write_all(if ok { b"Y" } else { b"N" });
+            });
+        }
+    })
+}
+
+/// One client of `stream_server` through TCP: sends and checks `len` bytes
+/// each way. Returns an error saying what went wrong.
+pub fn stream_client(port: u16, seed: u64, len: usize) -> Result<(), String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    let mut head = seed.to_le_bytes().to_vec();
+    head.extend_from_slice(&(len as u64).to_le_bytes());
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&head)?;
+        send_stream(&mut writer, seed, len)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    // The answer is `len` bytes then the verdict byte.
+    let mut s = Stream::new(answer_seed(seed));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    let mut tail = Vec::new();
+    loop {
+        let n = (&stream)
+            .read(&mut buf)
+            .map_err(|e| format!("read after {total}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let body = n.min(len - total);
+        if !s.matches(&buf[..body]) {
+            return Err(format!("wrong bytes at or after offset {total}"));
+        }
+        total += body;
+        tail.extend_from_slice(&buf[body..n]);
+    }
+    sender
+        .join()
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("send: {e}"))?;
+    match (total == len, tail.as_slice()) {
+        (true, b"Y") => Ok(()),
+        (true, b"N") => Err("the server saw wrong bytes".into()),
+        _ => Err(format!("got {total} of {len} bytes, then {tail:?}")),
+    }
+}
