@@ -32,6 +32,10 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.bind             where listen mode binds (may repeat)
   p2p-annex.tcp.connect-timeout  default 30s
   p2p-annex.unix-sockets.dir     socket directory, default /tmp
+  p2p-annex.NETNAME.allow        peer network allowed in (CIDR; may repeat)
+  p2p-annex.NETNAME.max-connections  default 100
+  p2p-annex.NETNAME.log          listener log (default .git/annex/ when
+                                 stderr is /dev/null)
 
 Exit status: 0 done, 1 failure, 2 usage error. See p2p-annex(1).
 ";
