@@ -1,5 +1,6 @@
 //! The transports, and which one a netname uses.
 
+pub mod socks;
 pub mod tcp;
 pub mod unix;
 
@@ -20,6 +21,7 @@ use crate::relay::{self, End};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    Socks,
     UnixSockets,
 }
 
@@ -27,20 +29,28 @@ impl Transport {
     /// Built-in netnames name their transport; any other netname takes it
     /// from `p2p-annex.<netname>.transport`.
     pub fn for_netname(cfg: &Config) -> Result<Transport, Error> {
-        match cfg.netname() {
-            "tcp" => return Ok(Transport::Tcp),
-            "unix-sockets" => return Ok(Transport::UnixSockets),
-            _ => {}
+        if let Some(builtin) = Transport::named(cfg.netname()) {
+            return Ok(builtin);
         }
         match cfg.get("transport") {
-            Some("tcp") => Ok(Transport::Tcp),
-            Some("unix-sockets") => Ok(Transport::UnixSockets),
-            Some(other) => Err(cfg.bad_value("transport", other, "tcp or unix-sockets")),
+            Some(name) => Transport::named(name.trim())
+                .ok_or_else(|| cfg.bad_value("transport", name, "tcp, socks or unix-sockets")),
             None => Err(Error::Usage(format!(
-                "unknown netname {:?}: set its transport with `git config {} tcp` (or unix-sockets)",
+                "unknown netname {:?}: set its transport with `git config {} socks` \
+                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.*",
                 cfg.netname(),
-                cfg.name("transport")
+                cfg.name("transport"),
+                cfg.netname()
             ))),
+        }
+    }
+
+    fn named(name: &str) -> Option<Transport> {
+        match name {
+            "tcp" => Some(Transport::Tcp),
+            "socks" => Some(Transport::Socks),
+            "unix-sockets" => Some(Transport::UnixSockets),
+            _ => None,
         }
     }
 }
@@ -65,8 +75,13 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
     let peer = match transport {
         Transport::Tcp => {
             let target = HostPort::parse(&address)?;
-            let timeout = tcp::connect_timeout(cfg)?;
+            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
             End::Socket(tcp::connect(&target, timeout)?.into())
+        }
+        Transport::Socks => {
+            let target = HostPort::parse(&address)?;
+            let settings = socks::Settings::from_config(cfg)?;
+            End::Socket(socks::connect(&settings, &target)?)
         }
         Transport::UnixSockets => End::Socket(unix::connect(&unix::path(cfg, &address)?)?.into()),
     };
@@ -80,6 +95,7 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
 fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> {
     let lines = match transport {
         Transport::Tcp => tcp::addresses(cfg)?,
+        Transport::Socks => socks::addresses(cfg)?,
         Transport::UnixSockets => vec![unix::new_token()],
     };
     let mut out = std::io::stdout().lock();
@@ -93,23 +109,15 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
 fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
     let address = decode(address)?;
     let log = Arc::new(Log::new(cfg.netname()));
-    let result = match transport {
-        Transport::Tcp => {
-            let target = HostPort::parse(&address)?;
-            tcp::listeners(cfg, &target).and_then(|ls| {
-                listen::serve(
-                    ls.into_iter().map(Listener::Tcp).collect(),
-                    socket,
-                    Arc::clone(&log),
-                )
-            })
-        }
+    let tcp_listeners = |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
+    let listeners = match transport {
+        Transport::Tcp => tcp::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners),
+        Transport::Socks => socks::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners),
         Transport::UnixSockets => {
-            let path = unix::path(cfg, &address)?;
-            unix::listener(&path)
-                .and_then(|l| listen::serve(vec![Listener::Unix(l)], socket, Arc::clone(&log)))
+            unix::listener(&unix::path(cfg, &address)?).map(|l| vec![Listener::Unix(l)])
         }
     };
+    let result = listeners.and_then(|ls| listen::serve(ls, socket, Arc::clone(&log)));
     if let Err(e) = &result {
         log.line(format_args!("exiting: {e}"));
     }
