@@ -154,7 +154,9 @@ impl fmt::Display for ProtoError {
             ProtoError::BadAddressType(t) => {
                 write!(f, "malformed connect reply: unknown address type {t}")
             }
-            ProtoError::EmptyDomain => write!(f, "malformed connect reply: empty bound domain name"),
+            ProtoError::EmptyDomain => {
+                write!(f, "malformed connect reply: empty bound domain name")
+            }
         }
     }
 }
@@ -437,7 +439,9 @@ mod tests {
         assert_eq!(req.len(), 4 + 1 + 255 + 2);
         let long = "a".repeat(256);
         assert_eq!(
-            connect_request(Dest::Domain(&long), 1).unwrap_err().to_string(),
+            connect_request(Dest::Domain(&long), 1)
+                .unwrap_err()
+                .to_string(),
             "the host name is 256 bytes long; SOCKS5 allows 1 to 255"
         );
         assert!(connect_request(Dest::Domain(""), 1).is_err());
@@ -485,7 +489,10 @@ mod tests {
             (7, "command not supported (reply 7)"),
             (8, "address type not supported (reply 8)"),
             (9, "unassigned reply code (reply 9)"),
-            (0xf0, "onion service descriptor can not be found (reply 240)"),
+            (
+                0xf0,
+                "onion service descriptor can not be found (reply 240)",
+            ),
             (0xf6, "onion service invalid address (reply 246)"),
             (0xff, "unassigned reply code (reply 255)"),
         ];

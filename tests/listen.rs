@@ -14,7 +14,7 @@ use crate::support::*;
 /// A unix socket server that answers each connection with the reverse of
 /// everything it read, after the client's EOF: a reply that proves every
 /// byte arrived, in order, before the EOF.
-fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
+pub(crate) fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
     let listener = UnixListener::bind(path).expect("bind unix socket");
     thread::spawn(move || {
         for conn in listener.incoming() {
@@ -31,7 +31,7 @@ fn reversing_server(path: &Path) -> thread::JoinHandle<()> {
 }
 
 /// Send `data`, half-close, and return the whole reply.
-fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
+pub(crate) fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
     let mut writer = stream.try_clone().expect("clone");
     let data = data.to_vec();
     let w = thread::spawn(move || {
@@ -44,7 +44,7 @@ fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
     reply
 }
 
-fn reversed(data: &[u8]) -> Vec<u8> {
+pub(crate) fn reversed(data: &[u8]) -> Vec<u8> {
     data.iter().rev().copied().collect()
 }
 

@@ -11,3 +11,5 @@ mod connect;
 mod listen;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
+// The socks netname: danted, a hostile SOCKS server, git-annex through danted.
+mod socks;

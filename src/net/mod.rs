@@ -109,7 +109,8 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
 fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
     let address = decode(address)?;
     let log = Arc::new(Log::new(cfg.netname()));
-    let tcp_listeners = |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
+    let tcp_listeners =
+        |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
     let listeners = match transport {
         Transport::Tcp => tcp::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners),
         Transport::Socks => socks::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners),

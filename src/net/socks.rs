@@ -101,7 +101,9 @@ fn parse_proxy(v: &str) -> Option<Proxy> {
     if let Some(path) = v.strip_prefix("unix:") {
         // Connect mode runs wherever git-annex runs it: a relative path
         // would mean a different file in every repository.
-        return path.starts_with('/').then(|| Proxy::Unix(PathBuf::from(path)));
+        return path
+            .starts_with('/')
+            .then(|| Proxy::Unix(PathBuf::from(path)));
     }
     HostPort::parse(v).ok().map(Proxy::Tcp)
 }
@@ -136,9 +138,7 @@ pub fn connect(s: &Settings, target: &HostPort) -> Result<OwnedFd, Error> {
         target,
     };
     hs.send(Stage::Method, &socks5::greeting(s.auth.is_some()))?;
-    let method = hs.recv(Stage::Method, |b| {
-        socks5::parse_method(b, s.auth.is_some())
-    })?;
+    let method = hs.recv(Stage::Method, |b| socks5::parse_method(b, s.auth.is_some()))?;
     if method == socks5::METHOD_USERPASS {
         // parse_method accepts this method only when we offered it.
         if let Some(auth) = &s.auth {
@@ -253,9 +253,9 @@ impl Handshake<'_> {
             }
             match nix::unistd::read(self.fd, &mut buf[have..need]) {
                 Ok(0) => {
-                    return Err(self.fail(format!(
-                        "short {stage} reply (read {have} of {need} bytes)"
-                    )));
+                    return Err(
+                        self.fail(format!("short {stage} reply (read {have} of {need} bytes)"))
+                    );
                 }
                 Ok(n) => have += n,
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
@@ -416,7 +416,10 @@ mod tests {
         assert!(msg.contains("256 bytes"), "{msg}");
         assert!(!msg.contains(&long), "the password leaked into {msg}");
         let ok = Settings::from_config(&cfg(&[("proxy-user", "u"), ("proxy-password", "p")]));
-        assert_eq!(ok.ok().and_then(|s| s.auth), Some(b"\x01\x01u\x01p".to_vec()));
+        assert_eq!(
+            ok.ok().and_then(|s| s.auth),
+            Some(b"\x01\x01u\x01p".to_vec())
+        );
     }
 
     #[test]
@@ -426,7 +429,10 @@ mod tests {
             none.starts_with("p2p-annex.socks.address is not set"),
             "{none}"
         );
-        assert!(none.contains("yggstack") && none.contains(".onion"), "{none}");
+        assert!(
+            none.contains("yggstack") && none.contains(".onion"),
+            "{none}"
+        );
         let key = "d40d4a7153cf288ea28f1865f6cfe95143a478b5c8c9e7cb002a0633d10a53eb";
         let ygg = format!("{key}.pk.ygg:12345");
         let two = addresses(&cfg(&[

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod annex;
+pub mod danted;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
