@@ -183,15 +183,7 @@ pub fn greeting(with_auth: bool) -> Vec<u8> {
 
 /// The method the proxy chose: VER METHOD.
 pub fn parse_method(buf: &[u8], offered_auth: bool) -> Result<Parse<u8>, ProtoError> {
-    if let Some(&ver) = buf.first() {
-        if ver != VERSION {
-            return Err(ProtoError::BadVersion {
-                stage: Stage::Method,
-                got: ver,
-                want: VERSION,
-            });
-        }
-    }
+    check_version(buf, Stage::Method, VERSION)?;
     let Some(&method) = buf.get(1) else {
         return Ok(Parse::Need(2));
     };
@@ -219,15 +211,7 @@ pub fn auth_request(user: &[u8], password: &[u8]) -> Result<Vec<u8>, ProtoError>
 
 /// The proxy's verdict on our credentials: VER STATUS.
 pub fn parse_auth(buf: &[u8]) -> Result<Parse<()>, ProtoError> {
-    if let Some(&ver) = buf.first() {
-        if ver != AUTH_VERSION {
-            return Err(ProtoError::BadVersion {
-                stage: Stage::Auth,
-                got: ver,
-                want: AUTH_VERSION,
-            });
-        }
-    }
+    check_version(buf, Stage::Auth, AUTH_VERSION)?;
     match buf.get(1) {
         None => Ok(Parse::Need(2)),
         Some(0) => Ok(Parse::Done(())),
@@ -266,15 +250,7 @@ pub fn connect_request(dest: Dest<'_>, port: u16) -> Result<Vec<u8>, ProtoError>
 /// may close the connection without sending the rest. RSV is not checked
 /// (RFC 1928 only says it is reserved).
 pub fn parse_connect(buf: &[u8]) -> Result<Parse<()>, ProtoError> {
-    if let Some(&ver) = buf.first() {
-        if ver != VERSION {
-            return Err(ProtoError::BadVersion {
-                stage: Stage::Connect,
-                got: ver,
-                want: VERSION,
-            });
-        }
-    }
+    check_version(buf, Stage::Connect, VERSION)?;
     if let Some(&rep) = buf.get(1) {
         if rep != REP_SUCCEEDED {
             return Err(ProtoError::Refused(rep));
@@ -297,6 +273,15 @@ pub fn parse_connect(buf: &[u8]) -> Result<Parse<()>, ProtoError> {
         Ok(Parse::Need(total))
     } else {
         Ok(Parse::Done(()))
+    }
+}
+
+/// Every reply starts with a version byte; it is judged as soon as it is
+/// in, so a server that speaks something else is named at once.
+fn check_version(buf: &[u8], stage: Stage, want: u8) -> Result<(), ProtoError> {
+    match buf.first() {
+        Some(&got) if got != want => Err(ProtoError::BadVersion { stage, got, want }),
+        _ => Ok(()),
     }
 }
 

@@ -276,11 +276,48 @@ const REQUEST: [u8; 10] = [5, 1, 0, 1, 127, 0, 0, 1, 0x15, 0xdf];
 
 /// Greeting, "no authentication", the request; then `reply` and close.
 fn replies(reply: Vec<u8>) -> impl FnOnce(&mut TcpStream) -> Vec<u8> + Send + 'static {
+    replies_then(reply, false)
+}
+
+/// As `replies`, but then keep the connection open in silence when `stall`.
+fn replies_then(
+    reply: Vec<u8>,
+    stall: bool,
+) -> impl FnOnce(&mut TcpStream) -> Vec<u8> + Send + 'static {
     move |s| {
         let mut seen = take(s, 3);
         s.write_all(&[5, 0]).expect("method");
         seen.extend(take(s, REQUEST.len()));
         let _ = s.write_all(&reply);
+        if stall {
+            hold(s);
+        }
+        seen
+    }
+}
+
+/// Read the greeting (`greeting_len` bytes: 3 without credentials, 4 with),
+/// answer it with `method_reply` and close.
+fn answers_greeting(
+    greeting_len: usize,
+    method_reply: &'static [u8],
+) -> impl FnOnce(&mut TcpStream) -> Vec<u8> + Send + 'static {
+    move |s| {
+        let seen = take(s, greeting_len);
+        let _ = s.write_all(method_reply);
+        seen
+    }
+}
+
+/// Choose username/password, read alice's request, answer `auth_reply`.
+fn answers_auth(
+    auth_reply: &'static [u8],
+) -> impl FnOnce(&mut TcpStream) -> Vec<u8> + Send + 'static {
+    move |s| {
+        let seen = take(s, 4);
+        s.write_all(&[5, 2]).expect("write");
+        let _ = take(s, 3 + "alice".len() + "s3cret".len());
+        let _ = s.write_all(auth_reply);
         seen
     }
 }
@@ -353,18 +390,14 @@ fn truncated_replies() {
         h,
         "closes instead of a method reply",
         &[],
-        |s| take(s, 3),
+        answers_greeting(3, &[]),
         "short method selection reply (read 0 of 2 bytes)",
     );
     expect_failure(
         h,
         "one byte of the method reply",
         &[],
-        |s| {
-            let seen = take(s, 3);
-            s.write_all(&[5]).expect("write");
-            seen
-        },
+        answers_greeting(3, &[5]),
         "short method selection reply (read 1 of 2 bytes)",
     );
     expect_failure(
@@ -404,22 +437,14 @@ fn malformed_replies_and_wrong_versions() {
         h,
         "SOCKS4 version in the method reply",
         &[],
-        |s| {
-            let seen = take(s, 3);
-            s.write_all(&[4, 0]).expect("write");
-            seen
-        },
+        answers_greeting(3, &[4, 0]),
         "bad version 4 in the method selection reply (expected 5; is this a SOCKS5 proxy?)",
     );
     expect_failure(
         h,
         "an HTTP server",
         &[],
-        |s| {
-            let seen = take(s, 3);
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-            seen
-        },
+        answers_greeting(3, b"HTTP/1.1 400 Bad Request\r\n\r\n"),
         "bad version 72 in the method selection reply (expected 5; is this a SOCKS5 proxy?)",
     );
     expect_failure(
@@ -433,26 +458,14 @@ fn malformed_replies_and_wrong_versions() {
         h,
         "SOCKS version in the authentication reply",
         &creds,
-        |s| {
-            let seen = take(s, 4);
-            s.write_all(&[5, 2]).expect("write");
-            let _ = take(s, 3 + 5 + 6);
-            let _ = s.write_all(&[5, 0]);
-            seen
-        },
+        answers_auth(&[5, 0]),
         "bad version 5 in the authentication reply (expected 1; is this a SOCKS5 proxy?)",
     );
     expect_failure(
         h,
         "authentication refused",
         &creds,
-        |s| {
-            let seen = take(s, 4);
-            s.write_all(&[5, 2]).expect("write");
-            let _ = take(s, 3 + 5 + 6);
-            let _ = s.write_all(&[1, 1]);
-            seen
-        },
+        answers_auth(&[1, 1]),
         "username/password authentication failed (status 1); check p2p-annex.socks.proxy-user \
          and p2p-annex.socks.proxy-password",
     );
@@ -460,11 +473,7 @@ fn malformed_replies_and_wrong_versions() {
         h,
         "no acceptable method",
         &[],
-        |s| {
-            let seen = take(s, 3);
-            let _ = s.write_all(&[5, 0xff]);
-            seen
-        },
+        answers_greeting(3, &[5, 0xff]),
         "the proxy accepts none of the offered authentication methods (none); if it needs a \
          password, set p2p-annex.socks.proxy-user and p2p-annex.socks.proxy-password",
     );
@@ -472,22 +481,14 @@ fn malformed_replies_and_wrong_versions() {
         h,
         "no acceptable method, credentials offered",
         &creds,
-        |s| {
-            let seen = take(s, 4);
-            let _ = s.write_all(&[5, 0xff]);
-            seen
-        },
+        answers_greeting(4, &[5, 0xff]),
         "the proxy accepts none of the offered authentication methods (none, username/password)",
     );
     expect_failure(
         h,
         "a method that was not offered",
         &[],
-        |s| {
-            let seen = take(s, 3);
-            let _ = s.write_all(&[5, 2]);
-            seen
-        },
+        answers_greeting(3, &[5, 2]),
         "the proxy chose authentication method 2, which was not offered",
     );
     expect_failure(
@@ -527,27 +528,14 @@ fn a_proxy_that_never_answers_times_out() {
         h,
         "silent after the connect request",
         &quick,
-        |s| {
-            let seen = take(s, 3);
-            s.write_all(&[5, 0]).expect("write");
-            let _ = take(s, REQUEST.len());
-            hold(s);
-            seen
-        },
+        replies_then(vec![], true),
         &format!("timed out waiting for the connect reply (read 0 of 4 bytes; {budget})"),
     );
     expect_failure(
         h,
         "stalls inside the connect reply",
         &quick,
-        |s| {
-            let seen = take(s, 3);
-            s.write_all(&[5, 0]).expect("write");
-            let _ = take(s, REQUEST.len());
-            s.write_all(&[5, 0, 0, 1, 127]).expect("write");
-            hold(s);
-            seen
-        },
+        replies_then(vec![5, 0, 0, 1, 127], true),
         &format!("timed out waiting for the connect reply (read 5 of 10 bytes; {budget})"),
     );
 }
