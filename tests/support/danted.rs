@@ -2,13 +2,15 @@
 //! loopback, with a configuration the test writes, killed when dropped.
 //!
 //! danted runs in a private mount namespace (unshare(1)) where /etc/passwd,
-//! /etc/shadow and /etc/hosts are files of the test:
+//! /etc/shadow, /etc/hosts and /etc/nsswitch.conf are files of the test:
 //! - its username/password method checks system accounts (getpwnam,
 //!   getspnam, crypt(3)), so the test account exists only in there and
 //!   nothing on the machine changes;
 //! - [`PEER_NAME`] resolves to 127.0.0.1 in there and nowhere else, so a
 //!   connection to it proves the name travelled to the proxy (ATYP 3) and
-//!   the proxy resolved it, as yggstack resolves `<key>.pk.ygg`.
+//!   the proxy resolved it, as yggstack resolves `<key>.pk.ygg`;
+//! - names are looked up in those files only, never in DNS, so a name that
+//!   does not exist fails at once whatever the machine's network.
 //!
 //! As root, `unshare --mount` is enough; other users need unprivileged user
 //! namespaces (`unshare --user --map-root-user --mount`).
@@ -44,9 +46,10 @@ const START: Duration = Duration::from_secs(20);
 
 /// Mounts the test's files over the system's, then becomes danted.
 /// Arguments (paths the test made, never network data): passwd shadow
-/// hosts danted conf pidfile.
+/// hosts nsswitch.conf danted conf pidfile.
 const SCRIPT: &str = "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/shadow \
-                      && mount --bind \"$3\" /etc/hosts && exec \"$4\" -f \"$5\" -p \"$6\" -N 1";
+                      && mount --bind \"$3\" /etc/hosts && mount --bind \"$4\" /etc/nsswitch.conf \
+                      && exec \"$5\" -f \"$6\" -p \"$7\" -N 1";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
@@ -92,7 +95,8 @@ impl Danted {
             let mut child = Command::new("unshare")
                 .args(ns)
                 .args(["--", "/bin/sh", "-c", SCRIPT, "sh"])
-                .args([&files.passwd, &files.shadow, &files.hosts, &danted, &conf])
+                .args([&files.passwd, &files.shadow, &files.hosts, &files.nsswitch])
+                .args([&danted, &conf])
                 .arg(dir.path().join("danted.pid"))
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -231,6 +235,7 @@ struct Files {
     passwd: PathBuf,
     shadow: PathBuf,
     hosts: PathBuf,
+    nsswitch: PathBuf,
 }
 
 fn write_files(dir: &Path) -> Files {
@@ -253,6 +258,10 @@ fn write_files(dir: &Path) -> Files {
         hosts: write(
             "hosts",
             &format!("127.0.0.1 localhost\n127.0.0.1 {PEER_NAME}\n"),
+        ),
+        nsswitch: write(
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
         ),
     }
 }
