@@ -29,16 +29,20 @@ fn relays_64_mib_both_ways_at_once_byte_exact() {
     let from_peer = random_bytes(SIZE, 2);
     let reply = from_peer.clone();
     // The peer writes its whole reply while reading ours, on two threads,
-    // so both directions are busy at the same time.
+    // so both directions are busy at the same time. It closes its side only
+    // after our EOF: once the peer's EOF has ended our stdout, the relay
+    // stops taking stdin (relay.rs), and a reply finished first would cut
+    // the rest of the request off.
     let (port, peer) = peer(move |stream| {
         let mut writer = stream.try_clone().expect("clone");
         let w = thread::spawn(move || {
             writer.write_all(&reply).expect("peer write");
-            writer.shutdown(Shutdown::Write).expect("peer shutdown");
+            writer
         });
         let mut got = Vec::new();
         (&stream).read_to_end(&mut got).expect("peer read");
-        w.join().expect("peer writer");
+        let writer = w.join().expect("peer writer");
+        writer.shutdown(Shutdown::Write).expect("peer shutdown");
         got
     });
     let mut child = Proc::spawn(
