@@ -9,7 +9,7 @@ CARGO ?= cargo
 CARGOFLAGS ?=
 
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
-NETNAMES = tcp unix-sockets
+NETNAMES = tcp socks unix-sockets
 MANPAGES = $(wildcard man/*.1)
 BIN = target/release/p2p-annex
 # Where the tests and the demo put a git-annex from PyPI when none is on PATH.

@@ -9,9 +9,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Longest DNS name (RFC 1035 section 2.3.4, without the trailing dot).
+/// Labels are not held to DNS's 63 bytes: names that only a SOCKS proxy
+/// resolves are longer (yggstack's `<publickey>.pk.ygg` has a 64-digit
+/// label), and the system resolver refuses what DNS cannot carry anyway.
 const MAX_NAME: usize = 253;
-/// Longest DNS label (RFC 1035 section 2.3.4).
-const MAX_LABEL: usize = 63;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddrError {
@@ -142,7 +143,6 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= MAX_NAME
         && s.split('.').all(|label| {
             !label.is_empty()
-                && label.len() <= MAX_LABEL
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label
@@ -313,6 +313,9 @@ mod tests {
             Host::Name("host_1.lan.".into())
         );
         assert!(hp("abc.pk.ygg:12345").is_ok());
+        // yggstack's names carry the 64-digit public key as one label.
+        let ygg = format!("{}.pk.ygg:12345", "d4".repeat(32));
+        assert_eq!(hp(&ygg).unwrap().to_string(), ygg);
     }
 
     #[test]
@@ -337,7 +340,7 @@ mod tests {
         assert!(matches!(hp("[::1:80"), Err(AddrError::BadHost(_))));
         assert!(matches!(hp("[10.0.0.1]:80"), Err(AddrError::BadHost(_))));
         assert!(matches!(hp("[name]:80"), Err(AddrError::BadHost(_))));
-        let long = format!("{}:80", "a".repeat(64));
+        let long = format!("{}:80", "a".repeat(254));
         assert!(matches!(hp(&long), Err(AddrError::BadHost(_))));
         let longname = format!("{}:80", ["abc"; 64].join("."));
         assert!(matches!(hp(&longname), Err(AddrError::BadHost(_))));

@@ -13,7 +13,7 @@ use crate::error::Error;
 pub const HELPER_PREFIX: &str = "git-annex-p2p-";
 
 pub const HELP: &str = "\
-p2p-annex: git-annex P2P transport helpers for tcp and unix-socket networks
+p2p-annex: git-annex P2P transport helpers for tcp, SOCKS5 and unix sockets
 
 Usage:
   git-annex-p2p-NETNAME ADDRESS              connect: relay stdin/stdout to the peer
@@ -23,14 +23,20 @@ Usage:
   p2p-annex --help | --version
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
-Yggdrasil or Tailscale, or a LAN you trust), unix-sockets, and any name with
-`git config p2p-annex.NAME.transport tcp|unix-sockets`.
+Yggdrasil or Tailscale, or a LAN you trust), socks (through a SOCKS5 proxy:
+yggstack, Tor, I2P, ssh -D), unix-sockets, and any name with
+`git config p2p-annex.NAME.transport tcp|socks|unix-sockets`.
 
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.address          host to advertise (may repeat)
   p2p-annex.tcp.port             port (picked and stored when unset)
   p2p-annex.tcp.bind             where listen mode binds (may repeat)
   p2p-annex.tcp.connect-timeout  default 30s
+  p2p-annex.socks.address        HOST:PORT peers reach us at (may repeat)
+  p2p-annex.socks.proxy          HOST:PORT or unix:/PATH, default 127.0.0.1:1080
+  p2p-annex.socks.proxy-user     with proxy-password: RFC 1929 credentials
+  p2p-annex.socks.listen         where listen mode binds, default 127.0.0.1
+  p2p-annex.socks.connect-timeout  default 60s
   p2p-annex.unix-sockets.dir     socket directory, default /tmp
   p2p-annex.NETNAME.allow        peer network allowed in (CIDR; may repeat)
   p2p-annex.NETNAME.max-connections  default 100

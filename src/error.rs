@@ -19,6 +19,9 @@ pub enum Error {
     Config(String),
     /// Could not reach the peer.
     Connect { target: String, cause: io::Error },
+    /// The SOCKS proxy failed us: it broke the protocol, did not answer in
+    /// time, or could not reach the peer. `problem` never holds credentials.
+    Proxy { proxy: String, problem: String },
     /// Could not set up a listening socket.
     Bind { target: String, cause: io::Error },
     /// The relay failed after the connection was made.
@@ -54,6 +57,7 @@ impl fmt::Display for Error {
             Error::Connect { target, cause } => {
                 write!(f, "cannot connect to {target}: {}", describe(cause))
             }
+            Error::Proxy { proxy, problem } => write!(f, "proxy {proxy}: {problem}"),
             Error::Bind { target, cause } => {
                 write!(f, "cannot listen on {target}: {}", describe(cause))
             }

@@ -10,6 +10,7 @@ mod listen;
 mod log;
 mod net;
 mod relay;
+mod socks5;
 mod sys;
 
 use std::io::Write;

@@ -93,7 +93,7 @@ fn unknown_netname_says_how_to_configure_it() {
     let (status, _, stderr) = run(helper(&link, home.path()).arg("address"));
     assert_eq!(status.code(), Some(2));
     assert!(
-        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport tcp`"),
+        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets)"),
         "{stderr}"
     );
 }

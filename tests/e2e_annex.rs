@@ -16,11 +16,19 @@ use crate::support::annex::{Env, Outcome, RemoteDaemon, Repo, Secret, pseudo_ran
 
 /// The network A serves on.
 #[derive(Clone, Copy)]
-enum Net {
+pub enum Net {
     /// `tcp`, advertising this host (a loopback address: our helper does
     /// not advertise loopback by itself).
     Tcp(&'static str),
     UnixSockets,
+    /// A netname with the socks transport, A advertising `host:port`. The
+    /// proxy (and, for a user-defined netname, the transport) is the
+    /// caller's to configure in the Env's global config.
+    Socks {
+        netname: &'static str,
+        host: &'static str,
+        port: u16,
+    },
 }
 
 impl Net {
@@ -28,6 +36,7 @@ impl Net {
         match self {
             Net::Tcp(_) => "tcp",
             Net::UnixSockets => "unix-sockets",
+            Net::Socks { netname, .. } => netname,
         }
     }
 }
@@ -102,7 +111,12 @@ fn time_get_of_300_small_files() {
 
 /// The whole round trip between A (serving on `net`) and B.
 fn sync_through_peer(tag: &str, net: Net) {
-    let env = Env::new(tag);
+    sync_in(&Env::new(tag), net);
+}
+
+/// The round trip in a prepared environment: A serves on `net`; B links,
+/// fetches, gets, copies, drops and pushes; content is checked both ways.
+pub fn sync_in(env: &Env, net: Net) {
     let a = env.repo("a");
     let originals = [
         ("small.txt", b"hello from A\n".to_vec()),
@@ -166,13 +180,22 @@ fn sync_through_peer(tag: &str, net: Net) {
     );
     a.annex(&["fsck"]);
 
-    finish(&env, daemon);
+    finish(env, daemon);
 }
 
 /// Enables `net` in A and checks what address mode stored.
 fn enable(a: &Repo, net: Net) {
-    if let Net::Tcp(host) = net {
-        a.config("p2p-annex.tcp.address", host);
+    match net {
+        Net::Tcp(host) => a.config("p2p-annex.tcp.address", host),
+        Net::Socks {
+            netname,
+            host,
+            port,
+        } => a.config(
+            &format!("p2p-annex.{netname}.address"),
+            &format!("{host}:{port}"),
+        ),
+        Net::UnixSockets => {}
     }
     a.annex(&["p2p", "--enable", net.name()]);
     let own = a.own_p2p_addresses();
@@ -197,6 +220,19 @@ fn enable(a: &Repo, net: Net) {
                 .filter(|l| l.starts_with("p2p-annex::unix-sockets:"))
                 .count();
             assert_eq!(unix, 1, "unix-sockets addresses among {own:?}");
+        }
+        Net::Socks {
+            netname,
+            host,
+            port,
+        } => {
+            // Exactly what was configured: nothing discovered, nothing added.
+            let expected = format!("p2p-annex::{netname}:{host}:{port}");
+            let mine: Vec<&String> = own
+                .iter()
+                .filter(|l| l.starts_with(&format!("p2p-annex::{netname}:")))
+                .collect();
+            assert_eq!(mine, [&expected], "enabled {netname} addresses");
         }
     }
 }

@@ -15,3 +15,5 @@ mod lifecycle;
 mod faults;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
+// The socks netname: danted, a hostile SOCKS server, git-annex through danted.
+mod socks;

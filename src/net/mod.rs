@@ -1,5 +1,6 @@
 //! The transports, and which one a netname uses.
 
+pub mod socks;
 pub mod tcp;
 pub mod unix;
 
@@ -21,6 +22,7 @@ use crate::sys;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
+    Socks,
     UnixSockets,
 }
 
@@ -28,20 +30,28 @@ impl Transport {
     /// Built-in netnames name their transport; any other netname takes it
     /// from `p2p-annex.<netname>.transport`.
     pub fn for_netname(cfg: &Config) -> Result<Transport, Error> {
-        match cfg.netname() {
-            "tcp" => return Ok(Transport::Tcp),
-            "unix-sockets" => return Ok(Transport::UnixSockets),
-            _ => {}
+        if let Some(builtin) = Transport::named(cfg.netname()) {
+            return Ok(builtin);
         }
         match cfg.get("transport") {
-            Some("tcp") => Ok(Transport::Tcp),
-            Some("unix-sockets") => Ok(Transport::UnixSockets),
-            Some(other) => Err(cfg.bad_value("transport", other, "tcp or unix-sockets")),
+            Some(name) => Transport::named(name.trim())
+                .ok_or_else(|| cfg.bad_value("transport", name, "tcp, socks or unix-sockets")),
             None => Err(Error::Usage(format!(
-                "unknown netname {:?}: set its transport with `git config {} tcp` (or unix-sockets)",
+                "unknown netname {:?}: set its transport with `git config {} socks` \
+                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.*",
                 cfg.netname(),
-                cfg.name("transport")
+                cfg.name("transport"),
+                cfg.netname()
             ))),
+        }
+    }
+
+    fn named(name: &str) -> Option<Transport> {
+        match name {
+            "tcp" => Some(Transport::Tcp),
+            "socks" => Some(Transport::Socks),
+            "unix-sockets" => Some(Transport::UnixSockets),
+            _ => None,
         }
     }
 }
@@ -66,8 +76,13 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
     let peer = match transport {
         Transport::Tcp => {
             let target = HostPort::parse(&address)?;
-            let timeout = tcp::connect_timeout(cfg)?;
+            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
             End::Socket(tcp::connect(&target, timeout)?.into())
+        }
+        Transport::Socks => {
+            let target = HostPort::parse(&address)?;
+            let settings = socks::Settings::from_config(cfg)?;
+            End::Socket(socks::connect(&settings, &target)?)
         }
         Transport::UnixSockets => End::Socket(unix::connect(&unix::path(cfg, &address)?)?.into()),
     };
@@ -81,6 +96,7 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
 fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> {
     let lines = match transport {
         Transport::Tcp => tcp::addresses(cfg)?,
+        Transport::Socks => socks::addresses(cfg)?,
         Transport::UnixSockets => vec![unix::new_token()],
     };
     let mut out = std::io::stdout().lock();
@@ -115,13 +131,12 @@ fn listen_on(
 ) -> Result<(), Error> {
     let address = decode(address)?;
     let opts = listen::Options::from_config(cfg)?;
+    let tcp_listeners =
+        |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
     let listeners = match transport {
-        Transport::Tcp => {
-            let target = HostPort::parse(&address)?;
-            tcp::listeners(cfg, &target)?
-                .into_iter()
-                .map(Listener::Tcp)
-                .collect()
+        Transport::Tcp => tcp::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners)?,
+        Transport::Socks => {
+            socks::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners)?
         }
         Transport::UnixSockets => {
             if !opts.allow.is_empty() {

@@ -80,9 +80,10 @@ fn scope_id(zone: &str) -> io::Result<u32> {
         .map_err(|_| io::Error::new(io::ErrorKind::NotFound, format!("no interface {zone:?}")))
 }
 
-/// Connect mode's timeout, from `connect-timeout`.
-pub fn connect_timeout(cfg: &Config) -> Result<Duration, Error> {
-    let t = cfg.duration("connect-timeout", DEFAULT_CONNECT_TIMEOUT)?;
+/// Connect mode's timeout, from `connect-timeout`; each transport has its
+/// own default.
+pub fn connect_timeout(cfg: &Config, default: Duration) -> Result<Duration, Error> {
+    let t = cfg.duration("connect-timeout", default)?;
     if t.is_zero() {
         return Err(cfg.bad_value("connect-timeout", "0", "a duration above zero"));
     }
@@ -228,14 +229,7 @@ fn usable(ip: IpAddr) -> bool {
 pub fn listeners(cfg: &Config, target: &HostPort) -> Result<Vec<TcpListener>, Error> {
     let binds = cfg.get_all("bind");
     if !binds.is_empty() {
-        let mut out = Vec::new();
-        for b in binds {
-            let addr = parse_bind(b, target.port).ok_or_else(|| {
-                cfg.bad_value("bind", b, "an IP address, IPV4:PORT or [IPV6]:PORT")
-            })?;
-            out.push(bind(addr)?);
-        }
-        return Ok(out);
+        return bind_each(cfg, "bind", &binds, target.port);
     }
     // A name that does not resolve here is treated like a foreign address.
     let candidates = resolve(target).unwrap_or_default();
@@ -254,6 +248,23 @@ pub fn listeners(cfg: &Config, target: &HostPort) -> Result<Vec<TcpListener>, Er
     }
     if out.is_empty() {
         out.push(bind_wildcard(target.port)?);
+    }
+    Ok(out)
+}
+
+/// Bind each value of the config key `key` (see `parse_bind`); `port` is
+/// the address's, for values without their own.
+pub fn bind_each(
+    cfg: &Config,
+    key: &str,
+    values: &[&str],
+    port: u16,
+) -> Result<Vec<TcpListener>, Error> {
+    let mut out = Vec::new();
+    for v in values {
+        let addr = parse_bind(v, port)
+            .ok_or_else(|| cfg.bad_value(key, v, "an IP address, IPV4:PORT or [IPV6]:PORT"))?;
+        out.push(bind(addr)?);
     }
     Ok(out)
 }

@@ -1,8 +1,9 @@
 //! A real git-annex driving the binary under test (std only).
 //!
 //! Each test gets an [`Env`]: a temporary HOME with a git identity, a PATH
-//! whose first directory holds `git-annex-p2p-tcp` and
-//! `git-annex-p2p-unix-sockets` links to the binary under test, and the
+//! whose first directory holds `git-annex-p2p-tcp`, `git-annex-p2p-socks`
+//! and `git-annex-p2p-unix-sockets` links to the binary under test (and any
+//! user-defined netname a test adds with [`Env::link_helper`]), and the
 //! git-annex to use. Every command runs with a deadline, and every process a
 //! test starts is killed by PID when the test ends, also when it panics.
 //!
@@ -38,7 +39,7 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(8);
 const DAEMON_START: Duration = Duration::from_secs(15);
 
 /// The netnames whose helper links every test environment gets.
-pub const NETNAMES: [&str; 2] = ["tcp", "unix-sockets"];
+pub const NETNAMES: [&str; 3] = ["tcp", "socks", "unix-sockets"];
 
 // ---------------------------------------------------------------------------
 // Locating git-annex
@@ -480,6 +481,7 @@ fn terminate(procs: &[Proc]) -> Vec<Proc> {
 pub struct Env {
     root: PathBuf,
     home: PathBuf,
+    bin: PathBuf,
     sockets: PathBuf,
     scratch: PathBuf,
     vars: Vec<(OsString, OsString)>,
@@ -514,6 +516,7 @@ impl Env {
             vars,
             root,
             home,
+            bin,
             sockets,
             scratch,
             lingered,
@@ -563,6 +566,20 @@ impl Env {
         repo
     }
 
+    /// Adds a `git-annex-p2p-NETNAME` link for a user-defined netname.
+    pub fn link_helper(&self, netname: &str) {
+        let name = format!("git-annex-p2p-{netname}");
+        let (link, target) = (self.bin.join(&name), helper_target(&name));
+        symlink(&target, &link)
+            .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", link.display(), target.display()));
+    }
+
+    /// `git config --global KEY VALUE`: seen by every repository of the test.
+    pub fn global_config(&self, key: &str, value: &str) {
+        self.cmd("git", &["config", "--global", key, value], &self.home)
+            .ok();
+    }
+
     /// Identity, branch name and the shared socket directory, for every
     /// repository of this test (global, so both sides of a link agree).
     fn write_global_config(&self) {
@@ -576,8 +593,7 @@ impl Env {
             ("init.defaultBranch", "main"),
             ("p2p-annex.unix-sockets.dir", sockets),
         ] {
-            self.cmd("git", &["config", "--global", key, value], &self.home)
-                .ok();
+            self.global_config(key, value);
         }
     }
 

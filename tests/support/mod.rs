@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod annex;
+pub mod danted;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
