@@ -119,6 +119,8 @@ pub fn stderr_goes_nowhere() -> bool {
         return false;
     };
     match nix::sys::stat::fstat(std::io::stderr().as_fd()) {
+        // dev_t and ino_t are not u64 on every target.
+        #[allow(clippy::unnecessary_cast)]
         Ok(st) => st.st_dev as u64 == null.dev() && st.st_ino as u64 == null.ino(),
         Err(_) => true,
     }

@@ -366,7 +366,7 @@ mod tests {
     #[test]
     fn picked_ports_are_below_the_ephemeral_range_and_free() {
         let p = pick_free_port().unwrap();
-        assert!(p >= 1024 && p < 32768, "{p}");
+        assert!((1024..32768).contains(&p), "{p}");
         assert!(port_is_free(p));
     }
 }

@@ -78,9 +78,9 @@ impl Stream {
         }
     }
 
-    /// Does `got` continue this stream? Advances it either way.
+    /// Does `got` continue this stream?
     pub fn matches(&mut self, got: &[u8]) -> bool {
-        got.iter().fold(true, |ok, &b| self.next_byte() == b && ok)
+        got.iter().all(|&b| self.next_byte() == b)
     }
 }
 
