@@ -15,7 +15,7 @@ BIN = target/release/p2p-annex
 # Where the tests and the demo put a git-annex from PyPI when none is on PATH.
 GIT_ANNEX_DIR = target/git-annex
 
-.PHONY: all install uninstall check lint-man demo clean git-annex
+.PHONY: all install uninstall check lint-man demo clean git-annex check-overlay bench-overlay
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
@@ -46,6 +46,16 @@ lint-man:
 	@command -v mandoc >/dev/null 2>&1 || { echo "lint-man: mandoc is missing (Debian: apt-get install mandoc)" >&2; exit 1; }
 	@out=$$(mandoc -Tlint -W warning $(MANPAGES) 2>&1); \
 	if [ -n "$$out" ]; then echo "$$out" >&2; exit 1; fi; echo "man pages: lint clean"
+
+# git-annex over real Yggdrasil and WireGuard between network namespaces
+# (root and /dev/net/tun; installs the overlays' Debian packages when
+# missing). OVERLAY_FLAGS=--allow-skip passes where they are unavailable.
+check-overlay: all git-annex
+	tests/overlay/run.sh $(OVERLAY_FLAGS) $(BIN) $(GIT_ANNEX_DIR)
+
+# Throughput over each overlay: p2p-annex, socat, raw TCP (BENCHMARKS.md).
+bench-overlay: all git-annex
+	tests/overlay/run.sh --bench $(OVERLAY_FLAGS) $(BIN) $(GIT_ANNEX_DIR)
 
 # Two throwaway repositories syncing a file over tcp on loopback.
 demo: all git-annex

@@ -60,13 +60,18 @@ CMD_SECS=60
 # after this hit git-annex's relay race (see fetch_with_retry).
 FETCH_SECS=10
 
-t_start=$EPOCHREALTIME
 passed=0
 failed=0
 skipped=0
 
 # ---------------------------------------------------------------------------
 # Output
+
+# Microseconds since the epoch (bash 5).
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+# Seconds since START (from now_us), with DIGITS decimals.
+since() { awk -v us=$(($(now_us) - $1)) -v d="$2" 'BEGIN { printf "%." d "f", us / 1e6 }'; }
+t_start=$(now_us)
 
 say() { printf '\n== [%s s] %s\n' "$(elapsed)" "$*"; }
 note() { printf '   %s\n' "$*"; }
@@ -79,7 +84,7 @@ skip() {
 	printf '   SKIPPED: %s\n' "$*"
 }
 # Seconds since the start, for the log.
-elapsed() { printf '%.1f' "$(echo "$EPOCHREALTIME - $t_start" | bc)"; }
+elapsed() { since "$t_start" 1; }
 
 summary() {
 	printf '\noverlay: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
@@ -121,7 +126,6 @@ command -v yggdrasil >/dev/null 2>&1 || need="$need yggdrasil"
 command -v wireguard-go >/dev/null 2>&1 || need="$need wireguard-go"
 command -v wg >/dev/null 2>&1 || need="$need wireguard-tools"
 command -v socat >/dev/null 2>&1 || need="$need socat"
-command -v bc >/dev/null 2>&1 || need="$need bc"
 if [ -n "$need" ]; then
 	command -v apt-get >/dev/null 2>&1 ||
 		unsupported "missing:$need, and there is no apt-get to install them"
@@ -143,7 +147,7 @@ p2p_bin=$(cd "$(dirname "$p2p_bin")" 2>/dev/null && pwd)/$(basename "$p2p_bin")
 if command -v git-annex >/dev/null 2>&1; then
 	ga_bin=
 else
-	ga_bin=$(tests/tools/install-git-annex.sh "$ga_dir") ||
+	ga_bin=$("$(dirname "$0")/../tools/install-git-annex.sh" "$ga_dir") ||
 		{ echo "run.sh: cannot install git-annex into $ga_dir" >&2; exit 1; }
 	MAGIC=$(cd "$ga_bin/../py/git_annex" && pwd)/magic.mgc
 	export MAGIC
@@ -179,7 +183,7 @@ procs_in_work() {
 }
 
 # The command line of PID, arguments separated by spaces.
-cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null; }
+cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline"; }
 
 # Gone, or a zombie (which holds no port and no file).
 gone() {
@@ -249,10 +253,11 @@ watchdog_sleep=$(cat "$work/run/watchdog")
 # Poll until COMMAND succeeds, for at most SECS seconds.
 # usage: wait_until SECS WHAT COMMAND...
 wait_until() {
-	local secs=$1 what=$2 start=$EPOCHREALTIME
+	local secs=$1 what=$2 start
+	start=$(now_us)
 	shift 2
 	until "$@"; do
-		if [ "$(echo "$EPOCHREALTIME - $start > $secs" | bc)" -eq 1 ]; then
+		if [ $(($(now_us) - start)) -gt $((secs * 1000000)) ]; then
 			die "timed out after ${secs}s waiting for $what"
 		fi
 		sleep 0.05
@@ -361,7 +366,8 @@ listening() { ip netns exec "$1" ss -Hltn "sport = :$2" 2>/dev/null | grep -q .;
 
 setup_yggdrasil() {
 	say "Yggdrasil $(dpkg-query -W -f '${Version}' yggdrasil 2>/dev/null): one node per host, peered over the veths"
-	local t0=$EPOCHREALTIME n
+	local t0 n
+	t0=$(now_us)
 	ygg_config A '"tcp://[fd00:ab::1]:'$YGG_PORT'", "tcp://[fd00:ac::1]:'$YGG_PORT'"' ""
 	ygg_config B "" '"tcp://[fd00:ab::1]:'$YGG_PORT'"'
 	ygg_config C "" '"tcp://[fd00:ac::1]:'$YGG_PORT'"'
@@ -382,7 +388,7 @@ setup_yggdrasil() {
 	note "A $yggA"
 	note "B $yggB"
 	note "C $yggC"
-	ok "three Yggdrasil nodes up in $(printf '%.2f' "$(echo "$EPOCHREALTIME - $t0" | bc)") s"
+	ok "three Yggdrasil nodes up in $(since "$t0" 2) s"
 }
 
 # ---------------------------------------------------------------------------
@@ -394,7 +400,8 @@ wgaddrB=10.99.0.2
 
 setup_wireguard() {
 	say "WireGuard: wireguard-go $(dpkg-query -W -f '${Version}' wireguard-go 2>/dev/null), interfaces $wgA (A) and $wgB (B)"
-	local t0=$EPOCHREALTIME
+	local t0
+	t0=$(now_us)
 	(umask 077 && wg genkey >"$work/run/wg-A.key" && wg genkey >"$work/run/wg-B.key") || die "wg genkey"
 	local pubA pubB
 	pubA=$(wg pubkey <"$work/run/wg-A.key") && pubB=$(wg pubkey <"$work/run/wg-B.key") || die "wg pubkey"
@@ -412,7 +419,7 @@ setup_wireguard() {
 		die "WireGuard addresses"
 	note "A $wgaddrA"
 	note "B $wgaddrB"
-	ok "two WireGuard interfaces up in $(printf '%.2f' "$(echo "$EPOCHREALTIME - $t0" | bc)") s"
+	ok "two WireGuard interfaces up in $(since "$t0" 2) s"
 }
 
 # ---------------------------------------------------------------------------
@@ -565,7 +572,8 @@ same_content() {
 
 # usage: annex_over LABEL OVERLAY-ADDRESS-OF-A
 annex_over() {
-	local label=$1 addr=$2 t0=$EPOCHREALTIME
+	local label=$1 addr=$2 t0
+	t0=$(now_us)
 	local top=$work/$label A B port url line
 	A=$top/A
 	B=$top/B
@@ -646,7 +654,7 @@ annex_over() {
 
 	wait_until 5 "B's connect helpers to exit" no_helpers_left "$B"
 	ok "no connect-mode helper left running in B"
-	note "$label scenario took $(printf '%.1f' "$(echo "$EPOCHREALTIME - $t0" | bc)") s"
+	note "$label scenario took $(since "$t0" 1) s"
 }
 
 # ---------------------------------------------------------------------------
@@ -654,7 +662,7 @@ annex_over() {
 # to the peer's key, so allowing an address is authenticating a node).
 
 allow_list() {
-	local top=$work/yggdrasil A B C url port sock touched log
+	local top=$work/yggdrasil A B C url port sock touched log sink listener
 	A=$top/A
 	B=$top/B
 	C=$top/C
@@ -691,7 +699,11 @@ allow_list() {
 	fi
 	[ $rc -ne 124 ] || die "C's git annex get hung instead of failing"
 	[ ! -e "$C/one-mib.bin" ] || die "C has the content of one-mib.bin"
-	ok "C (not allowed, valid token): git annex get fails (exit $rc), no content"
+	if run "$nsC" "$C" $CMD_SECS git fetch -q peerA; then
+		die "C (not allowed, valid token) fetched from A"
+	fi
+	[ $rc -ne 124 ] || die "C's git fetch hung instead of failing"
+	ok "C (not allowed, valid token): git annex get and git fetch fail at once, no content"
 	stop_remotedaemon "$A"
 
 	# The listener's stderr is /dev/null under remotedaemon: run one by hand,
@@ -701,11 +713,13 @@ allow_list() {
 	touched=$work/run/allow.touched
 	log=$work/log/allow-listener.log
 	start allow-sink "$nsA" socat -u "UNIX-LISTEN:$sock" "CREATE:$touched"
+	sink=${pids[-1]}
 	wait_until 10 "the recording socket" test -S "$sock"
 	(cd "$A" && exec ip netns exec "$nsA" git-annex-p2p-tcp "$yggA:$((port + 1))" "$sock") \
 		</dev/null >/dev/null 2>"$log" &
 	pids+=($!)
-	wait_until 10 "the hand-run listener" grep -q "listening on" "$log"
+	listener=$!
+	wait_until 10 "the hand-run listener" grep -qs "listening on" "$log"
 	run "$nsC" "$C" 10 git-annex-p2p-tcp "$yggA:$((port + 1))"
 	wait_until 10 "a 'refused' line naming C's address" grep -qE "refused.*$yggC|$yggC.*refused" "$log"
 	[ ! -e "$touched" ] || die "C's connection reached the unix socket"
@@ -714,6 +728,7 @@ allow_list() {
 	stdin_file=$work/run/allow.in run "$nsB" "$B" 10 git-annex-p2p-tcp "$yggA:$((port + 1))"
 	wait_until 10 "B's bytes at the unix socket" grep -qx "from B" "$touched"
 	ok "B's connection is relayed to the unix socket; C's never touched it"
+	stop_pids "$listener" "$sink"
 }
 
 # ---------------------------------------------------------------------------
@@ -758,7 +773,7 @@ one_transfer() {
 		srv=$!
 	fi
 	wait_until 10 "the bench listener" listening "$nsA" "$port"
-	t0=$EPOCHREALTIME
+	t0=$(now_us)
 	if [ "$kind" = ours ]; then
 		head -c "$BENCH_BYTES" /dev/zero |
 			(cd "$work/run" && exec ip netns exec "$nsB" timeout 300 git-annex-p2p-tcp "$addr:$port") >/dev/null ||
@@ -769,10 +784,10 @@ one_transfer() {
 			die "$kind: the client failed"
 	fi
 	wait "$sink"
-	t1=$EPOCHREALTIME
+	t1=$(now_us)
 	[ -n "$srv" ] && stop_pids "$srv"
 	[ "$(cat "$count")" -eq "$BENCH_BYTES" ] || die "$kind: $(cat "$count") bytes arrived, not $BENCH_BYTES"
-	echo "$t1 - $t0" | bc >>"$work/run/times"
+	awk -v us=$((t1 - t0)) 'BEGIN { printf "%.3f\n", us / 1e6 }' >>"$work/run/times"
 }
 
 median() { sort -n | sed -n "$(((BENCH_RUNS + 1) / 2))p"; }
@@ -790,9 +805,9 @@ bench_over() {
 		done
 		med=$(median <"$work/run/times")
 		note "$kind: $(tr '\n' ' ' <"$work/run/times")s"
-		printf '| %s | %s | %.2f s | %.0f MiB/s | %.2f Gbit/s | %s|\n' "$label" "$kind" "$med" \
-			"$(echo "$mib / $med" | bc -l)" "$(echo "$BENCH_BYTES * 8 / $med / 1000000000" | bc -l)" \
-			"$(xargs printf '%.2f ' <"$work/run/times")" >>"$work/run/table"
+		awk -v label="$label" -v kind="$kind" -v med="$med" -v bytes="$BENCH_BYTES" -v runs="$(xargs printf '%.2f ' <"$work/run/times")" \
+			'BEGIN { printf "| %s | %s | %.2f s | %.0f MiB/s | %.2f Gbit/s | %s|\n", label, kind, med, bytes / 1048576 / med, bytes * 8 / med / 1e9, runs }' \
+			>>"$work/run/table"
 	done
 }
 
@@ -806,9 +821,12 @@ note "git-annex $git_annex_version, $($p2p_bin --version 2>&1 | head -n 1), $(el
 
 if [ $bench -eq 1 ]; then
 	printf '| overlay | relay | median | MiB/s | Gbit/s | runs (s) |\n|---|---|---|---|---|---|\n' >"$work/run/table"
+	# The machine may be shared: the load says how far to trust the numbers.
+	load0=$(cut -d' ' -f1-3 /proc/loadavg)
+	bench_over "veth, no overlay" fd00:ab::1
 	bench_over Yggdrasil "$yggA"
 	bench_over WireGuard "$wgaddrA"
-	say "Results (median of $BENCH_RUNS, $((BENCH_BYTES / 1048576)) MiB each)"
+	say "Results (median of $BENCH_RUNS, $((BENCH_BYTES / 1048576)) MiB each; load average $load0 before, $(cut -d' ' -f1-3 /proc/loadavg) after; $(nproc) CPUs)"
 	cat "$work/run/table"
 	exit 0
 fi
