@@ -28,6 +28,9 @@
 #
 # ../shared/DESIGN.md ("Real overlays on one machine") has the facts this
 # relies on: the install flags, `nodad`, start order, control sockets.
+
+# "a && b || die" is meant: die when any step fails.
+# shellcheck disable=SC2015
 set -u -o pipefail
 
 usage() {
@@ -56,9 +59,13 @@ ga_dir=$2
 if [ $bench -eq 1 ]; then budget=${OVERLAY_BUDGET:-1200}; else budget=${OVERLAY_BUDGET:-300}; fi
 # Deadline of one git or git-annex command; every command has one.
 CMD_SECS=60
-# A fetch or sync of a few files takes about a second: one still running
-# after this hit git-annex's relay race (see fetch_with_retry).
+# A fetch of a few files takes about a second, a sync a few: one still
+# running after this hit git-annex's relay race (see fetch_with_retry).
 FETCH_SECS=10
+SYNC_SECS=15
+# How often a fetch or sync is tried. The race hit about one sync in three
+# here (2 cores, shared): five tries fail by chance about once in 250.
+TRIES=5
 
 passed=0
 failed=0
@@ -172,50 +179,86 @@ namespaces=()
 # sockets (/var/run/wireguard/NAME.sock) are shared by all namespaces.
 wgA=p2pwa$$
 wgB=p2pwb$$
-pids=() # every background process started here, killed at the end
+# Processes are named by records PID:START, START being the kernel's start
+# time of the process (/proc/PID/stat field 22): with it, a PID that was
+# reused by someone else's process is never signalled.
+pids=() # records of every background process started here
 
-# PIDs of processes, other than this shell, whose working directory is DIR
-# (default: $work or anything inside it). One find, not a fork per process.
-procs_in_work() {
-	local pattern=${1:-$work/*}
-	find /proc/[0-9]*/cwd -maxdepth 0 \( -lname "$pattern" -o -lname "${1:-$work}" \) 2>/dev/null |
-		cut -d/ -f3 | grep -vx $$
+# The start time of PID, or failure when there is no such process.
+starttime() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) } # the command name may hold spaces and parentheses
+	# shellcheck disable=SC2086 # split into fields on purpose
+	set -- $stat
+	[ -n "${20:-}" ] && echo "${20}"
 }
 
-# The command line of PID, arguments separated by spaces.
-cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline"; }
+# The record of PID, printed; failure when it is gone already.
+record() {
+	local st
+	st=$(starttime "$1") && echo "$1:$st"
+}
 
-# Gone, or a zombie (which holds no port and no file).
+# Remember a process just started (its record, in $pids and $last).
+track() {
+	last=$(record "$1") && pids+=("$last")
+}
+
+# Records of processes, other than this shell, whose working directory is
+# DIR (default: $work or anything inside it). One find, not a fork per
+# process.
+procs_in_work() {
+	local pattern=${1:-$work/*} pid
+	for pid in $(find /proc/[0-9]*/cwd -maxdepth 0 \( -lname "$pattern" -o -lname "${1:-$work}" \) 2>/dev/null |
+		cut -d/ -f3); do
+		[ "$pid" = $$ ] || record "$pid"
+	done
+}
+
+# The command line of a record's process, arguments separated by spaces.
+cmdline() { tr '\0' ' ' 2>/dev/null <"/proc/${1%%:*}/cmdline"; }
+
+# The process of a record is gone, or a zombie (which holds no port and no
+# file), or its PID now names another process.
 gone() {
-	local state
-	state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 0
+	local pid=${1%%:*} state
+	[ "$(starttime "$pid")" = "${1#*:}" ] || return 0
+	state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null) || return 0
 	[ -z "$state" ] || [ "$state" = Z ] || [ "$state" = X ]
 }
 
-# TERM each PID, KILL those still there after 5 s, reap our own children.
+# Signal the processes of these records that are still theirs.
+signal() {
+	local sig=$1 r
+	shift
+	for r in "$@"; do gone "$r" || kill "-$sig" "${r%%:*}" 2>/dev/null; done
+}
+
+# TERM the processes of these records, KILL those still there after 5 s,
+# reap our own children.
 stop_pids() {
-	local pid left i
+	local r left
 	[ $# -gt 0 ] || return 0
-	kill "$@" 2>/dev/null
-	for i in $(seq 100); do
-		left=
-		for pid in "$@"; do gone "$pid" || left="$left $pid"; done
-		[ -z "$left" ] && break
+	signal TERM "$@"
+	for _ in $(seq 100); do
+		left=()
+		for r in "$@"; do gone "$r" || left+=("$r"); done
+		[ ${#left[@]} -eq 0 ] && break
 		sleep 0.05
 	done
-	if [ -n "$left" ]; then
-		echo "run.sh: killing with SIGKILL:$left" >&2
-		# shellcheck disable=SC2086 # a list of PIDs
-		kill -KILL $left 2>/dev/null
+	if [ ${#left[@]} -gt 0 ]; then
+		echo "run.sh: killing with SIGKILL:${left[*]%%:*}" >&2
+		signal KILL "${left[@]}"
 	fi
-	for pid in "$@"; do wait "$pid" 2>/dev/null; done
+	for r in "$@"; do wait "${r%%:*}" 2>/dev/null; done
 	return 0
 }
 
 cleanup() {
 	local rc=$? left
 	trap - EXIT INT TERM
-	[ -n "${watchdog_sleep:-}" ] && kill "$watchdog_sleep" 2>/dev/null
+	[ -n "${watchdog_sleep:-}" ] && signal TERM "$watchdog_sleep"
 	# remotedaemons and listeners first (they are not our children), then
 	# the daemons we started, then anything else still working in $work.
 	# shellcheck disable=SC2046 # a list of PIDs
@@ -246,9 +289,9 @@ trap 'echo "run.sh: terminated" >&2; exit 143' TERM
 	echo $! >"$work/run/watchdog"
 	wait $! && echo "run.sh: deadline of ${budget}s reached" >&2 && kill -TERM $$
 } &
-pids+=($!)
+track $!
 for _ in $(seq 100); do [ -s "$work/run/watchdog" ] && break; sleep 0.01; done
-watchdog_sleep=$(cat "$work/run/watchdog")
+watchdog_sleep=$(record "$(cat "$work/run/watchdog")")
 
 # Poll until COMMAND succeeds, for at most SECS seconds.
 # usage: wait_until SECS WHAT COMMAND...
@@ -270,7 +313,7 @@ start() {
 	local name=$1 ns=$2
 	shift 2
 	ip netns exec "$ns" "$@" >"$work/log/$name.log" 2>&1 </dev/null &
-	pids+=($!)
+	track $!
 }
 
 # ---------------------------------------------------------------------------
@@ -366,15 +409,15 @@ listening() { ip netns exec "$1" ss -Hltn "sport = :$2" 2>/dev/null | grep -q .;
 
 setup_yggdrasil() {
 	say "Yggdrasil $(dpkg-query -W -f '${Version}' yggdrasil 2>/dev/null): one node per host, peered over the veths"
-	local t0 n
+	local t0
 	t0=$(now_us)
 	ygg_config A '"tcp://[fd00:ab::1]:'$YGG_PORT'", "tcp://[fd00:ac::1]:'$YGG_PORT'"' ""
 	ygg_config B "" '"tcp://[fd00:ab::1]:'$YGG_PORT'"'
 	ygg_config C "" '"tcp://[fd00:ac::1]:'$YGG_PORT'"'
-	for n in A B C; do
-		eval "ygg$n=\$(yggdrasil -useconffile \"\$work/run/ygg-$n.json\" -address)" ||
-			die "yggdrasil -address"
-	done
+	# The address follows from the key: known before the node runs.
+	yggA=$(yggdrasil -useconffile "$work/run/ygg-A.json" -address) &&
+		yggB=$(yggdrasil -useconffile "$work/run/ygg-B.json" -address) &&
+		yggC=$(yggdrasil -useconffile "$work/run/ygg-C.json" -address) || die "yggdrasil -address"
 	# The listening node first: 0.4.7 waits 60 s before re-dialling a peer
 	# that refused (DESIGN.md).
 	start ygg-A "$nsA" yggdrasil -useconffile "$work/run/ygg-A.json" -logto stdout
@@ -458,18 +501,18 @@ make_files() {
 # The remotedaemon of DIR (found by command line and working directory:
 # it daemonizes, has PPID 1 and no pid file).
 remotedaemon_pid() {
-	local pid
-	for pid in $(procs_in_work "$1"); do
-		case $(cmdline "$pid") in *git-annex\ remotedaemon*) echo "$pid" ;; esac
+	local r
+	for r in $(procs_in_work "$1"); do
+		case $(cmdline "$r") in *git-annex\ remotedaemon*) echo "$r" ;; esac
 	done
 }
 
 # Live listen-mode helpers working in DIR.
 listener_pids() {
-	local pid
-	for pid in $(procs_in_work "$1"); do
-		gone "$pid" && continue
-		case $(cmdline "$pid") in git-annex-p2p-* | */git-annex-p2p-*) echo "$pid" ;; esac
+	local r
+	for r in $(procs_in_work "$1"); do
+		gone "$r" && continue
+		case $(cmdline "$r") in git-annex-p2p-* | */git-annex-p2p-*) echo "$r" ;; esac
 	done
 }
 count_is() { [ "$("$2" "$3" | wc -l)" -eq "$1" ]; }
@@ -482,7 +525,7 @@ start_remotedaemon() {
 	must "$ns" "$dir" $CMD_SECS git annex remotedaemon
 	wait_until 15 "remotedaemon in $dir" count_is 1 remotedaemon_pid "$dir"
 	wait_until 15 "$n listener(s) under remotedaemon in $dir" count_is "$n" listener_pids "$dir"
-	note "remotedaemon $(remotedaemon_pid "$dir"), listeners $(listener_pids "$dir" | tr '\n' ' ')"
+	note "remotedaemon $(remotedaemon_pid "$dir" | cut -d: -f1), listeners $(listener_pids "$dir" | cut -d: -f1 | tr '\n' ' ')"
 }
 
 stop_remotedaemon() {
@@ -505,14 +548,14 @@ no_helpers_left() {
 # usage: fetch_with_retry NAMESPACE DIR REMOTE
 fetch_with_retry() {
 	local try
-	for try in 1 2 3 4 5; do
+	for try in $(seq $TRIES); do
 		run "$1" "$2" $FETCH_SECS git fetch -q "$3" && return 0
-		if [ $rc -ne 124 ] || [ $try -eq 5 ]; then
-			must "$1" "$2" $FETCH_SECS git fetch -q "$3"
-			return 0
-		fi
-		note "note: git fetch $3 hung (try $try/5): git-annex's relay race, retrying"
+		[ $rc -eq 124 ] && [ "$try" -lt $TRIES ] || break
+		note "note: git fetch $3 hung (try $try/$TRIES): git-annex's relay race, retrying"
 	done
+	printf '   FAIL: exit %d: git fetch %s\n' "$rc" "$3" >&2
+	show_tail "$err"
+	die "git fetch failed"
 }
 
 # git push to the peer's synced/ branches. The same race makes about one
@@ -534,18 +577,19 @@ push_with_race() {
 		die "after git push, the peer's synced/main is not our main"
 }
 
-# git annex sync --content, retried (at most 3 times) when it hangs or when
-# the race above broke its push; what matters is checked afterwards.
+# git annex sync --content, retried when it hangs (its fetch hit the race
+# above) or when the race broke its push; what matters is checked
+# afterwards.
 # usage: sync_with_retry NAMESPACE DIR REMOTE
 sync_with_retry() {
 	local try
-	for try in 1 2 3; do
-		run "$1" "$2" $((FETCH_SECS * 2)) git annex sync -q --content "$3" && return 0
-		[ $try -eq 3 ] && break
+	for try in $(seq $TRIES); do
+		run "$1" "$2" $SYNC_SECS git annex sync -q --content "$3" && return 0
+		[ "$try" -lt $TRIES ] || break
 		if [ $rc -eq 124 ]; then
-			note "note: git annex sync hung (try $try/3): git-annex's relay race, retrying"
+			note "note: git annex sync hung (try $try/$TRIES): git-annex's relay race, retrying"
 		elif grep -q "unexpected disconnect while reading sideband packet" "$err"; then
-			note "note: git annex sync's push hit git-annex's CONNECTDONE race (try $try/3), retrying"
+			note "note: git annex sync's push hit git-annex's CONNECTDONE race (try $try/$TRIES), retrying"
 		else
 			break
 		fi
@@ -554,6 +598,20 @@ sync_with_retry() {
 	show_tail "$err"
 	show_tail "$out"
 	die "git annex sync failed"
+}
+
+# A repository links to A as remote peerA, through exactly URL, with a new
+# token from A. The token never reaches a variable, the output or the logs.
+# usage: link_to A-DIR NAMESPACE DIR URL
+link_to() {
+	local a=$1 ns=$2 dir=$3 url=$4 line=$work/run/link-line
+	SECRET=1 must "$nsA" "$a" $CMD_SECS git annex p2p --gen-addresses
+	(umask 077 && grep -F "$url:" "$out" | head -n 1 >"$line")
+	rm -f "$out"
+	[ -s "$line" ] || die "git annex p2p --gen-addresses printed no line for $url"
+	stdin_file=$line must "$ns" "$dir" $CMD_SECS git annex p2p --link --name peerA
+	rm -f "$line"
+	[ "$(git -C "$dir" remote get-url peerA)" = "$url" ] || die "the remote peerA of $dir is not $url"
 }
 
 # Same bytes in both places (the annexed files' content, through the links).
@@ -574,7 +632,7 @@ same_content() {
 annex_over() {
 	local label=$1 addr=$2 t0
 	t0=$(now_us)
-	local top=$work/$label A B port url line
+	local top=$work/$label A B port url
 	A=$top/A
 	B=$top/B
 	say "git-annex over $label: A in $nsA, B in $nsB"
@@ -606,14 +664,7 @@ annex_over() {
 
 	# B links through exactly the overlay address, with a fresh token.
 	new_repo "$nsB" "$B" B
-	SECRET=1 must "$nsA" "$A" $CMD_SECS git annex p2p --gen-addresses
-	line=$(grep -F "$url:" "$out" | head -n 1)
-	[ -n "$line" ] || die "git annex p2p --gen-addresses printed no line for $url"
-	printf '%s\n' "$line" >"$work/run/link-$label"
-	line= # the token stays in the file only (mode 0600 under $work)
-	chmod 600 "$work/run/link-$label"
-	stdin_file=$work/run/link-$label must "$nsB" "$B" $CMD_SECS git annex p2p --link --name peerA
-	[ "$(git -C "$B" remote get-url peerA)" = "$url" ] || die "B's remote peerA is not $url"
+	link_to "$A" "$nsB" "$B" "$url"
 	ok "B linked to A through $url"
 
 	# Item 2: fetch, get, fsck.
@@ -677,11 +728,7 @@ allow_list() {
 
 	# C links while nothing is refused, which proves its token is good.
 	new_repo "$nsC" "$C" C
-	SECRET=1 must "$nsA" "$A" $CMD_SECS git annex p2p --gen-addresses
-	grep -F "$url:" "$out" | head -n 1 >"$work/run/link-C"
-	chmod 600 "$work/run/link-C"
-	[ -s "$work/run/link-C" ] || die "no address line for C"
-	stdin_file=$work/run/link-C must "$nsC" "$C" $CMD_SECS git annex p2p --link --name peerA
+	link_to "$A" "$nsC" "$C" "$url"
 	fetch_with_retry "$nsC" "$C" peerA
 	must "$nsC" "$C" $CMD_SECS git merge -q --ff-only peerA/main
 
@@ -713,12 +760,12 @@ allow_list() {
 	touched=$work/run/allow.touched
 	log=$work/log/allow-listener.log
 	start allow-sink "$nsA" socat -u "UNIX-LISTEN:$sock" "CREATE:$touched"
-	sink=${pids[-1]}
+	sink=$last
 	wait_until 10 "the recording socket" test -S "$sock"
 	(cd "$A" && exec ip netns exec "$nsA" git-annex-p2p-tcp "$yggA:$((port + 1))" "$sock") \
 		</dev/null >/dev/null 2>"$log" &
-	pids+=($!)
-	listener=$!
+	track $!
+	listener=$last
 	wait_until 10 "the hand-run listener" grep -qs "listening on" "$log"
 	run "$nsC" "$C" 10 git-annex-p2p-tcp "$yggA:$((port + 1))"
 	wait_until 10 "a 'refused' line naming C's address" grep -qE "refused.*$yggC|$yggC.*refused" "$log"
@@ -736,28 +783,32 @@ allow_list() {
 
 BENCH_BYTES=${BENCH_BYTES:-1073741824}
 BENCH_RUNS=${BENCH_RUNS:-3}
+# socat copies 8 KiB at a time unless told: the sinks and the raw baseline
+# use 128 KiB, so that they measure the network, not socat. The "socat"
+# relay keeps socat's defaults: it is what users write today.
+SINK_BLOCK=131072
 
 # socat's spelling of a host and the address family to ask for.
 socat_host() { case $1 in *:*) echo "[$1]" ;; *) echo "$1" ;; esac; }
 socat_family() { case $1 in *:*) echo 6 ;; *) echo 4 ;; esac; }
 
 # One transfer of BENCH_BYTES from B to A, through KIND; appends the
-# seconds to $work/run/times. Every process runs with its working
-# directory in $work, so cleanup finds it whatever happens.
-# usage: one_transfer KIND ADDR PORT
+# seconds to TIMES. Every process runs with its working directory in
+# $work, so cleanup finds it whatever happens.
+# usage: one_transfer KIND ADDR PORT TIMES
 one_transfer() {
-	local kind=$1 addr=$2 port=$3 sock=$work/run/bench.sock count=$work/run/bench.count
+	local kind=$1 addr=$2 port=$3 times=$4 sock=$work/run/bench.sock count=$work/run/bench.count
 	local host fam t0 t1 sink srv=
 	host=$(socat_host "$addr")
 	fam=$(socat_family "$addr")
 	rm -f "$sock" "$count"
 	if [ "$kind" = raw ]; then
-		# The floor: socat to socat, no unix socket in between.
-		(cd "$work/run" && exec ip netns exec "$nsA" socat -u "TCP$fam-LISTEN:$port,bind=$host,reuseaddr" STDOUT) \
+		# The floor: TCP straight into the sink, no unix socket in between.
+		(cd "$work/run" && exec ip netns exec "$nsA" socat -b $SINK_BLOCK -u "TCP$fam-LISTEN:$port,bind=$host,reuseaddr" STDOUT) \
 			2>>"$work/log/bench.log" | wc -c >"$count" &
 		sink=$!
 	else
-		(cd "$work/run" && exec ip netns exec "$nsA" socat -u "UNIX-LISTEN:$sock" STDOUT) \
+		(cd "$work/run" && exec ip netns exec "$nsA" socat -b $SINK_BLOCK -u "UNIX-LISTEN:$sock" STDOUT) \
 			2>>"$work/log/bench.log" | wc -c >"$count" &
 		sink=$!
 		wait_until 10 "the bench sink" test -S "$sock"
@@ -770,7 +821,8 @@ one_transfer() {
 				socat "TCP$fam-LISTEN:$port,bind=$host,reuseaddr,fork" "UNIX-CONNECT:$sock") \
 				2>>"$work/log/bench.log" &
 		fi
-		srv=$!
+		track $!
+		srv=$last
 	fi
 	wait_until 10 "the bench listener" listening "$nsA" "$port"
 	t0=$(now_us)
@@ -778,34 +830,43 @@ one_transfer() {
 		head -c "$BENCH_BYTES" /dev/zero |
 			(cd "$work/run" && exec ip netns exec "$nsB" timeout 300 git-annex-p2p-tcp "$addr:$port") >/dev/null ||
 			die "$kind: the client failed"
-	else
+	elif [ "$kind" = socat ]; then
 		head -c "$BENCH_BYTES" /dev/zero |
 			(cd "$work/run" && exec ip netns exec "$nsB" timeout 300 socat - "TCP$fam:$host:$port,nodelay") >/dev/null ||
+			die "$kind: the client failed"
+	else
+		head -c "$BENCH_BYTES" /dev/zero |
+			(cd "$work/run" && exec ip netns exec "$nsB" timeout 300 socat -b $SINK_BLOCK -u - "TCP$fam:$host:$port") ||
 			die "$kind: the client failed"
 	fi
 	wait "$sink"
 	t1=$(now_us)
-	[ -n "$srv" ] && stop_pids "$srv"
+	[ -z "$srv" ] || stop_pids "$srv"
 	[ "$(cat "$count")" -eq "$BENCH_BYTES" ] || die "$kind: $(cat "$count") bytes arrived, not $BENCH_BYTES"
-	awk -v us=$((t1 - t0)) 'BEGIN { printf "%.3f\n", us / 1e6 }' >>"$work/run/times"
+	awk -v us=$((t1 - t0)) 'BEGIN { printf "%.3f\n", us / 1e6 }' >>"$times"
 }
 
 median() { sort -n | sed -n "$(((BENCH_RUNS + 1) / 2))p"; }
 
+# The kinds take turns (raw, socat, ours, raw, ...), so that a change in
+# the machine's load hits all of them alike.
 # usage: bench_over LABEL ADDRESS-OF-A   (appends rows to $work/run/table)
 bench_over() {
-	local label=$1 addr=$2 kind i med port=20000 mib=$((BENCH_BYTES / 1048576))
+	local label=$1 addr=$2 kind med port=20000 mib=$((BENCH_BYTES / 1048576))
 	say "Throughput over $label: $mib MiB from B to A, $BENCH_RUNS runs each"
-	for kind in raw socat ours; do
-		: >"$work/run/times"
-		for i in $(seq "$BENCH_RUNS"); do
+	for kind in raw socat ours; do : >"$work/run/times-$kind"; done
+	for _ in $(seq "$BENCH_RUNS"); do
+		for kind in raw socat ours; do
 			# A new port each time: no wait for the last one's TIME_WAIT.
 			port=$((port + 1))
-			one_transfer "$kind" "$addr" "$port"
+			one_transfer "$kind" "$addr" "$port" "$work/run/times-$kind"
 		done
-		med=$(median <"$work/run/times")
-		note "$kind: $(tr '\n' ' ' <"$work/run/times")s"
-		awk -v label="$label" -v kind="$kind" -v med="$med" -v bytes="$BENCH_BYTES" -v runs="$(xargs printf '%.2f ' <"$work/run/times")" \
+	done
+	for kind in raw socat ours; do
+		med=$(median <"$work/run/times-$kind")
+		note "$kind: $(tr '\n' ' ' <"$work/run/times-$kind")s"
+		awk -v label="$label" -v kind="$kind" -v med="$med" -v bytes="$BENCH_BYTES" \
+			-v runs="$(xargs printf '%.2f ' <"$work/run/times-$kind")" \
 			'BEGIN { printf "| %s | %s | %.2f s | %.0f MiB/s | %.2f Gbit/s | %s|\n", label, kind, med, bytes / 1048576 / med, bytes * 8 / med / 1e9, runs }' \
 			>>"$work/run/table"
 	done
