@@ -86,10 +86,6 @@ ok() {
 	passed=$((passed + 1))
 	printf '   ok [%s s]: %s\n' "$(elapsed)" "$*"
 }
-skip() {
-	skipped=$((skipped + 1))
-	printf '   SKIPPED: %s\n' "$*"
-}
 # Seconds since the start, for the log.
 elapsed() { since "$t_start" 1; }
 
@@ -718,11 +714,6 @@ allow_list() {
 	B=$top/B
 	C=$top/C
 	say "Allow-list over Yggdrasil: A allows B ($yggB), not C ($yggC)"
-	if ! p2p-annex --help 2>&1 | grep -q allow; then
-		skip "allow-list not implemented in this binary (p2p-annex --help does not mention allow)"
-		stop_remotedaemon "$A"
-		return 0
-	fi
 	port=$(git -C "$A" config p2p-annex.tcp.port)
 	url="p2p-annex::tcp:$yggA:$port"
 
@@ -751,6 +742,11 @@ allow_list() {
 	fi
 	[ $rc -ne 124 ] || die "C's git fetch hung instead of failing"
 	ok "C (not allowed, valid token): git annex get and git fetch fail at once, no content"
+	# Under remotedaemon the listeners log to .git/annex/p2p-annex.tcp.log.
+	log=$A/.git/annex/p2p-annex.tcp.log
+	wait_until 10 "a 'refused' line naming C's address in $log" grep -qsE "refused.*$yggC|$yggC.*refused" "$log"
+	! grep -E "refused.*$yggB|$yggB.*refused" "$log" >/dev/null || die "the listener refused B: $(grep -m1 "$yggB" "$log")"
+	ok "A's listener log: $(grep -m1 -E "refused.*$yggC|$yggC.*refused" "$log" | cut -d' ' -f2-)"
 	stop_remotedaemon "$A"
 
 	# The listener's stderr is /dev/null under remotedaemon: run one by hand,
@@ -770,7 +766,7 @@ allow_list() {
 	run "$nsC" "$C" 10 git-annex-p2p-tcp "$yggA:$((port + 1))"
 	wait_until 10 "a 'refused' line naming C's address" grep -qE "refused.*$yggC|$yggC.*refused" "$log"
 	[ ! -e "$touched" ] || die "C's connection reached the unix socket"
-	ok "listener log: $(grep -m1 refused "$log" | cut -d' ' -f2-)"
+	ok "hand-run listener refused C before touching the unix socket"
 	printf 'from B\n' >"$work/run/allow.in"
 	stdin_file=$work/run/allow.in run "$nsB" "$B" 10 git-annex-p2p-tcp "$yggA:$((port + 1))"
 	wait_until 10 "B's bytes at the unix socket" grep -qx "from B" "$touched"
