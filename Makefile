@@ -12,9 +12,11 @@ CARGOFLAGS ?=
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
 NETNAMES = tcp unix-sockets
 MANPAGES = $(wildcard man/*.1)
+# cargo's output directory (CARGO_TARGET_DIR is honoured).
+TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 # The binary `make install` copies; point it at a static build to stage a
 # tree for another machine (BIN=target/aarch64-unknown-linux-musl/release/p2p-annex).
-BIN = target/release/p2p-annex
+BIN = $(TARGET_DIR)/release/p2p-annex
 # Where the tests and the demo put a git-annex from PyPI when none is on PATH.
 GIT_ANNEX_DIR = target/git-annex
 
@@ -31,11 +33,11 @@ AARCH64_LINKER ?= rust-lld
 ARMV7 = armv7-unknown-linux-musleabihf
 NIGHTLY ?= nightly
 ARMV7_CC ?= arm-linux-gnueabihf-gcc
-ARMV7_MUSL_ROOT = $(CURDIR)/target/armhf-musl
+ARMV7_MUSL_ROOT = $(abspath $(TARGET_DIR))/armhf-musl
 ARMV7_MUSL ?= $(ARMV7_MUSL_ROOT)/usr/lib/arm-linux-musleabihf
 # std links -lunwind; for a static armv7 binary that is libgcc_eh.
 ARMV7_UNWIND ?= $(shell $(ARMV7_CC) -print-file-name=libgcc_eh.a 2>/dev/null)
-ARMV7_LINKDIR = target/armv7-link
+ARMV7_LINKDIR = $(abspath $(TARGET_DIR))/armv7-link
 # auto: build and test armv7 in check-cross when the nightly toolchain is
 # there (CI machines may not have it); yes: insist on it; no: leave it out.
 CROSS_ARMV7 ?= auto
@@ -84,7 +86,8 @@ lint-man:
 	@out=$$(mandoc -Tlint -W warning $(MANPAGES) 2>&1); \
 	if [ -n "$$out" ]; then echo "$$out" >&2; exit 1; fi; echo "man pages: lint clean"
 
-# Fully static, stripped binaries at target/<triple>/release/p2p-annex.
+# Fully static, stripped binaries at target/<triple>/release/p2p-annex
+# (or under CARGO_TARGET_DIR).
 static:
 	@for t in $(STATIC_TARGETS); do \
 		test -d "$$(rustc --print sysroot)/lib/rustlib/$$t" || { \
@@ -92,17 +95,17 @@ static:
 	done
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$(AARCH64_LINKER) \
 		$(CARGO) build --release --locked $(CARGOFLAGS) $(STATIC_TARGETS:%=--target %)
-	@for t in $(STATIC_TARGETS); do ls -l target/$$t/release/p2p-annex; done
+	@for t in $(STATIC_TARGETS); do ls -l $(TARGET_DIR)/$$t/release/p2p-annex; done
 
 static-armv7:
 	@$(ARMV7_READY) || { echo "make static-armv7: needs the $(NIGHTLY) toolchain with rust-src, $(ARMV7_CC) and armhf musl in $(ARMV7_MUSL) (make cross-deps CROSS_ARMV7=yes)" >&2; exit 1; }
 	mkdir -p $(ARMV7_LINKDIR)
 	ln -sfn $(ARMV7_UNWIND) $(ARMV7_LINKDIR)/libunwind.a
 	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=$(ARMV7_CC) \
-	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -C link-arg=-B$(ARMV7_MUSL) -L $(ARMV7_MUSL) -L $(CURDIR)/$(ARMV7_LINKDIR)" \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -C link-arg=-B$(ARMV7_MUSL) -L $(ARMV7_MUSL) -L $(ARMV7_LINKDIR)" \
 		$(CARGO) +$(NIGHTLY) build --release --locked $(CARGOFLAGS) \
 		-Zbuild-std=std,panic_abort --target $(ARMV7)
-	@ls -l target/$(ARMV7)/release/p2p-annex
+	@ls -l $(TARGET_DIR)/$(ARMV7)/release/p2p-annex
 
 # What the static builds and the emulated tests need: rustup's musl targets,
 # qemu-user-static (apt, as root) and, for armv7, nightly's rust-src with
@@ -126,9 +129,9 @@ check-cross: cross-deps
 # and the cargo configuration that uses them in vendor/cargo-config.toml:
 #   make all CARGOFLAGS="--offline --config vendor/cargo-config.toml"
 vendor:
-	mkdir -p target
-	$(CARGO) vendor --locked vendor > target/vendor-config.toml
-	mv target/vendor-config.toml vendor/cargo-config.toml
+	mkdir -p $(TARGET_DIR)
+	$(CARGO) vendor --locked vendor > $(TARGET_DIR)/vendor-config.toml
+	mv $(TARGET_DIR)/vendor-config.toml vendor/cargo-config.toml
 	@echo "vendor/: done; build offline with: make CARGOFLAGS=\"--offline --config vendor/cargo-config.toml\""
 
 # make vendor in a copy of the tree, then an offline build there with an

@@ -19,6 +19,8 @@ die() {
 root=$(cd "$(dirname "$0")/../.." && pwd)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
 [ -n "$version" ] || die "no version in Cargo.toml"
+target=${CARGO_TARGET_DIR:-$root/target}
+case $target in /*) ;; *) target=$root/$target ;; esac
 for tool in socat git readelf timeout sha256sum cmp; do
 	command -v $tool >/dev/null 2>&1 || die "$tool is missing (Debian: apt-get install socat git binutils coreutils diffutils)"
 done
@@ -111,7 +113,7 @@ relay() {
 
 host=$(uname -m)
 for triple in "$@"; do
-	bin=$root/target/$triple/release/p2p-annex
+	bin=$target/$triple/release/p2p-annex
 	d=$work/$triple
 	mkdir -p "$d/bin"
 	case $triple in
@@ -129,13 +131,15 @@ for triple in "$@"; do
 	[ -x "$bin" ] || die "$bin is missing (make static)"
 	echo "check-cross: $triple ($(wc -c <"$bin") bytes)${runner:+, under $runner}"
 
-	# Static: no program interpreter, no shared libraries.
+	# Static: no program interpreter, no shared libraries; stripped.
 	if readelf -lW "$bin" | grep -q INTERP || readelf -dW "$bin" 2>/dev/null | grep -q NEEDED; then
 		fail "not fully static: $(readelf -lW "$bin" | grep -A1 INTERP | tr -s ' ') $(readelf -dW "$bin" | grep NEEDED)"
 	elif ! readelf -hW "$bin" | grep -q "Machine: *.*$machine"; then
 		fail "not an $machine binary: $(readelf -hW "$bin" | grep Machine:)"
+	elif readelf -SW "$bin" | grep -q '\.symtab'; then
+		fail "not stripped: it has a symbol table"
 	else
-		ok "static $machine binary, no interpreter, no shared libraries"
+		ok "static $machine binary: no interpreter, no shared libraries, stripped"
 	fi
 
 	out=$(run "$bin" --version 2>&1) || true
