@@ -1,5 +1,6 @@
 # p2p-annex — build, test, install.
 # Packagers: make && make install DESTDIR=/tmp/pkg PREFIX=/usr
+# Routers and NAS boxes: make static (see README, Packaging).
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -11,15 +12,49 @@ CARGOFLAGS ?=
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
 NETNAMES = tcp socks unix-sockets
 MANPAGES = $(wildcard man/*.1)
-BIN = target/release/p2p-annex
+# cargo's output directory (CARGO_TARGET_DIR is honoured).
+TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
+# The binary `make install` copies; point it at a static build to stage a
+# tree for another machine (BIN=target/aarch64-unknown-linux-musl/release/p2p-annex).
+BIN = $(TARGET_DIR)/release/p2p-annex
 # Where the tests and the demo put a git-annex from PyPI when none is on PATH.
 GIT_ANNEX_DIR = target/git-annex
 
-.PHONY: all install uninstall check lint-man demo clean git-annex check-overlay bench-overlay
+# Static builds. rustup ships the std of these two musl targets; aarch64
+# links with the rust-lld that comes with every rustup toolchain (no cross
+# gcc needed). Distributions with their own toolchain may set the linker.
+STATIC_TARGETS = x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+AARCH64_LINKER ?= rust-lld
+# armv7 (32-bit ARM, hard float): rustup has no std to download for it here,
+# so std is built from source with nightly (-Zbuild-std) against Debian's
+# armhf musl (unpacked under target/ by cross-deps) and linked by the cross
+# gcc, which brings the crt objects musl lacks (crtbegin/crtend) and the
+# unwinder (libgcc_eh).
+ARMV7 = armv7-unknown-linux-musleabihf
+NIGHTLY ?= nightly
+ARMV7_CC ?= arm-linux-gnueabihf-gcc
+ARMV7_MUSL_ROOT = $(abspath $(TARGET_DIR))/armhf-musl
+ARMV7_MUSL ?= $(ARMV7_MUSL_ROOT)/usr/lib/arm-linux-musleabihf
+# std links -lunwind; for a static armv7 binary that is libgcc_eh.
+ARMV7_UNWIND ?= $(shell $(ARMV7_CC) -print-file-name=libgcc_eh.a 2>/dev/null)
+ARMV7_LINKDIR = $(abspath $(TARGET_DIR))/armv7-link
+# auto: build and test armv7 in check-cross when the nightly toolchain is
+# there (CI machines may not have it); yes: insist on it; no: leave it out.
+CROSS_ARMV7 ?= auto
+# True when everything static-armv7 needs is installed.
+ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
+	&& test -d "$$(rustc +$(NIGHTLY) --print sysroot 2>/dev/null)/lib/rustlib/src/rust/library" \
+	&& command -v $(ARMV7_CC) >/dev/null && test -f $(ARMV7_MUSL)/libc.a
+
+.PHONY: all install uninstall check check-install check-cross check-vendor \
+	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
+	check-overlay bench-overlay
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
 
+# The netname links are relative, so a DESTDIR tree still works after it
+# is moved; uninstall removes exactly these files.
 install:
 	@test -x $(BIN) || { echo "make install: run 'make' first ($(BIN) is missing)" >&2; exit 1; }
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1
@@ -34,9 +69,14 @@ uninstall:
 
 # The whole test suite: unit tests, the binary against real peers, and
 # real git-annex repositories syncing through it (git-annex comes from
-# PyPI into $(GIT_ANNEX_DIR) when it is not on PATH).
-check: lint-man git-annex
+# PyPI into $(GIT_ANNEX_DIR) when it is not on PATH), and make install.
+check: lint-man git-annex check-install
 	$(CARGO) test --locked $(CARGOFLAGS)
+
+# make install into a temporary DESTDIR: the exact tree, working links,
+# and an uninstall that leaves no file behind.
+check-install: all
+	tests/tools/check-install.sh "$(MAKE)" "$(NETNAMES)"
 
 git-annex:
 	@command -v git-annex >/dev/null 2>&1 || tests/tools/install-git-annex.sh $(GIT_ANNEX_DIR) >/dev/null
@@ -57,9 +97,67 @@ check-overlay: all git-annex
 bench-overlay: all git-annex
 	tests/overlay/run.sh --bench $(OVERLAY_FLAGS) $(BIN) $(GIT_ANNEX_DIR)
 
+# Fully static, stripped binaries at target/<triple>/release/p2p-annex
+# (or under CARGO_TARGET_DIR).
+static:
+	@for t in $(STATIC_TARGETS); do \
+		test -d "$$(rustc --print sysroot)/lib/rustlib/$$t" || { \
+			echo "make static: the $$t target is not installed (make cross-deps, or rustup target add $$t)" >&2; exit 1; }; \
+	done
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$(AARCH64_LINKER) \
+		$(CARGO) build --release --locked $(CARGOFLAGS) $(STATIC_TARGETS:%=--target %)
+	@for t in $(STATIC_TARGETS); do ls -l $(TARGET_DIR)/$$t/release/p2p-annex; done
+
+static-armv7:
+	@$(ARMV7_READY) || { echo "make static-armv7: needs the $(NIGHTLY) toolchain with rust-src, $(ARMV7_CC) and armhf musl in $(ARMV7_MUSL) (make cross-deps CROSS_ARMV7=yes)" >&2; exit 1; }
+	mkdir -p $(ARMV7_LINKDIR)
+	ln -sfn $(ARMV7_UNWIND) $(ARMV7_LINKDIR)/libunwind.a
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=$(ARMV7_CC) \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -C link-arg=-B$(ARMV7_MUSL) -L $(ARMV7_MUSL) -L $(ARMV7_LINKDIR)" \
+		$(CARGO) +$(NIGHTLY) build --release --locked $(CARGOFLAGS) \
+		-Zbuild-std=std,panic_abort --target $(ARMV7)
+	@ls -l $(TARGET_DIR)/$(ARMV7)/release/p2p-annex
+
+# What the static builds and the emulated tests need: rustup's musl targets,
+# qemu-user-static (apt, as root) and, for armv7, nightly's rust-src with
+# Debian's armhf musl and cross gcc. Idempotent.
+cross-deps:
+	tests/tools/install-cross.sh $(CROSS_ARMV7) $(NIGHTLY) "$(STATIC_TARGETS)" $(ARMV7_MUSL_ROOT)
+
+# The static binaries, aarch64 and armv7 under qemu-user: --version, the
+# netname from the link name, address mode, and random data relayed byte
+# for byte through listen and connect modes (tcp and unix-sockets).
+check-cross: cross-deps
+	@$(MAKE) --no-print-directory static
+	@set -e; triples="$(STATIC_TARGETS)"; \
+	if [ "$(CROSS_ARMV7)" = no ]; then echo "check-cross: armv7 left out (CROSS_ARMV7=no)"; \
+	elif [ "$(CROSS_ARMV7)" = yes ] || $(ARMV7_READY); then \
+		$(MAKE) --no-print-directory static-armv7; triples="$$triples $(ARMV7)"; \
+	else echo "check-cross: armv7 SKIPPED: no $(NIGHTLY) toolchain with rust-src here (see make cross-deps; CROSS_ARMV7=yes to insist)"; fi; \
+	tests/tools/check-cross.sh $$triples
+
+# Offline builds for distributions: the dependencies' sources into vendor/,
+# and the cargo configuration that uses them in vendor/cargo-config.toml:
+#   make all CARGOFLAGS="--offline --config vendor/cargo-config.toml"
+vendor:
+	mkdir -p $(TARGET_DIR)
+	$(CARGO) vendor --locked vendor > $(TARGET_DIR)/vendor-config.toml
+	mv $(TARGET_DIR)/vendor-config.toml vendor/cargo-config.toml
+	@echo "vendor/: done; build offline with: make CARGOFLAGS=\"--offline --config vendor/cargo-config.toml\""
+
+# make vendor in a copy of the tree, then an offline build there with an
+# empty cargo home: proves a distribution can build without network.
+check-vendor:
+	tests/tools/check-vendor.sh "$(MAKE)"
+
 # Two throwaway repositories syncing a file over tcp on loopback.
 demo: all git-annex
 	tests/tools/demo.sh $(BIN) $(GIT_ANNEX_DIR)
+
+# Timings against the socat helpers users write today; not part of check.
+bench: all
+	@if [ -x tests/bench/bench.sh ]; then tests/bench/bench.sh; \
+	else echo "make bench: tests/bench/bench.sh is not there yet" >&2; exit 1; fi
 
 clean:
 	$(CARGO) clean
