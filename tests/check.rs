@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::annex::{Env, Outcome, Repo, Secret, git_annex};
+use crate::support::annex::{Env, Outcome, Repo, Secret, all_procs, git_annex};
 use crate::support::{Proc, bin, free_port};
 
 /// `p2p-annex check ARGS` in `repo`, with the test's PATH.
@@ -311,8 +312,8 @@ impl Drop for Stray {
     }
 }
 
-/// One repository, serving: before remotedaemon, with it, with a
-/// bracketed address in p2paddrs, with a stray listener, and with a PATH
+/// One repository, serving: before remotedaemon, with a stray listener on
+/// its port, healthy, with a bracketed address in p2paddrs, and with a PATH
 /// that lacks git-remote-p2p-annex and has a foreign helper.
 #[test]
 fn serving_faults_fail_with_their_advice() {
@@ -332,6 +333,60 @@ fn serving_faults_fail_with_their_advice() {
     );
     assert_eq!(got.stdout.matches("FAIL").count(), 1, "{}", got.stdout);
 
+    // A stray listener of ours holds the enabled port, relaying to an old
+    // socket file as an orphan of an earlier run would: remotedaemon's own
+    // listener cannot bind the port, exits, and its log says why.
+    let port = a.config_get_all("p2p-annex.tcp.port").remove(0);
+    let old = env.root().join("old.sock");
+    let _old = UnixListener::bind(&old).expect("bind the old socket");
+    let stray = Stray::start(
+        &a,
+        &env.root().join("home"),
+        port.parse().expect("a port"),
+        old.to_str().expect("UTF-8 path"),
+    );
+    a.annex(&["remotedaemon"]);
+    let mut first = None;
+    let listener_exited = wait_until(Duration::from_secs(15), || {
+        let table = all_procs();
+        first = table
+            .iter()
+            .find(|p| p.is_remotedaemon() && p.cwd.as_deref() == Some(a.path()))
+            .map(|p| p.pid);
+        table
+            .iter()
+            .any(|p| Some(p.ppid) == first && p.is_p2p_helper() && !p.alive())
+    });
+    assert!(listener_exited, "remotedaemon's listener did not exit");
+    let first = first.expect("remotedaemon's pid");
+    let got = check(&a, &[]);
+    assert_exit(&got, 1);
+    assert_fail(
+        &got,
+        &format!(
+            "no listener for tcp:127.0.0.1:{port} runs under remotedaemon (1 exited); its log \
+             ends with: exiting: cannot listen on 127.0.0.1:{port}: address already in use"
+        ),
+        "remotedaemon never restarts a listener that exited: see .git/annex/p2p-annex.tcp.log",
+    );
+    let needle = format!(
+        "stray listener pid {} for tcp:127.0.0.1:{port}: its parent is pid {} (sleep 600), \
+         not a remotedaemon of this repository; it holds the port of an enabled address",
+        stray.pid,
+        stray.parent.pid()
+    );
+    assert_fail(
+        &got,
+        &needle,
+        &format!(
+            "`kill {}`, then restart remotedaemon: `kill {first}`, then `git annex remotedaemon`",
+            stray.pid
+        ),
+    );
+    drop(stray);
+    kill(Pid::from_raw(first as i32), Signal::SIGTERM).expect("stop remotedaemon");
+    assert!(wait_until(Duration::from_secs(10), || !alive(first)));
+
     let daemon = a.start_remotedaemon();
     assert_all_ok(&check(&a, &[]));
 
@@ -349,23 +404,6 @@ fn serving_faults_fail_with_their_advice() {
     );
     assert_eq!(got.stdout.matches("FAIL").count(), 1, "{}", got.stdout);
     std::fs::write(&p2paddrs, before).expect("restore p2paddrs");
-
-    // A stray listener holding a port, relaying to A's socket.
-    let socket = daemon.listeners()[0].argv[2].clone();
-    let port = free_port();
-    let stray = Stray::start(&a, &env.root().join("home"), port, &socket);
-    let got = check(&a, &[]);
-    assert_exit(&got, 1);
-    let needle = format!(
-        "stray listener pid {} for tcp:127.0.0.1:{port}: its parent is pid {} (sleep 600), \
-         not a remotedaemon of this repository",
-        stray.pid,
-        stray.parent.pid()
-    );
-    assert_fail(&got, &needle, &format!("`kill {}`", stray.pid));
-    line_with(&got, "listener for tcp:127.0.0.1:"); // remotedaemon's is fine
-    drop(stray);
-    assert_all_ok(&check(&a, &[]));
 
     // A PATH with git and git-annex only, and a network whose helper is a
     // script, and one whose helper is missing.

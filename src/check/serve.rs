@@ -186,7 +186,7 @@ pub fn listeners(repo: &Repo) -> Vec<Check> {
             ),
             None => {
                 let log = log_file(repo, net);
-                let last = last_log_line(&log)
+                let last = last_log_line(&log, &net.name)
                     .map(|l| format!("; its log ends with: {l}"))
                     .unwrap_or_default();
                 Check::fail(
@@ -223,14 +223,20 @@ fn log_file(repo: &Repo, net: &Net) -> PathBuf {
     }
 }
 
-/// The last line of a listener's log, without its time stamp and pid. The
-/// log never holds data or tokens.
-fn last_log_line(log: &Path) -> Option<String> {
+/// Why the listener stopped, as its log says: the last line, without time
+/// stamp, pid and netname, passing over the bare "exiting" that follows
+/// the reason. The log never holds data or tokens.
+fn last_log_line(log: &Path, netname: &str) -> Option<String> {
     let text = std::fs::read(log).ok()?;
     let text = String::from_utf8_lossy(&text);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    let line = line.split_once("] ").map_or(line, |(_, rest)| rest);
-    Some(line.chars().take(200).collect())
+    let prefix = format!("{netname}: ");
+    let message = text
+        .lines()
+        .rev()
+        .map(|l| l.split_once("] ").map_or(l, |(_, rest)| rest))
+        .map(|l| l.strip_prefix(&prefix).unwrap_or(l).trim())
+        .find(|m| !m.is_empty() && *m != "exiting" && !m.starts_with("exiting,"))?;
+    Some(message.chars().take(200).collect())
 }
 
 /// No listener of ours works in this repository outside its remotedaemon:
@@ -285,4 +291,26 @@ pub fn strays(repo: &Repo) -> Vec<Check> {
         )];
     }
     strays
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_says_why_the_listener_went() {
+        let dir = std::env::temp_dir().join(format!("p2p-annex-unit-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("p2p-annex.tcp.log");
+        std::fs::write(
+            &log,
+            "2026-11-25T12:00:00Z p2p-annex[4711] tcp: listening on 127.0.0.1:5599\n\
+             2026-11-25T12:00:09Z p2p-annex[4711] tcp: exiting: parent process 4700 is gone\n\
+             2026-11-25T12:00:09Z p2p-annex[4711] tcp: exiting\n",
+        )
+        .unwrap();
+        let got = last_log_line(&log, "tcp");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got.as_deref(), Some("exiting: parent process 4700 is gone"));
+    }
 }
