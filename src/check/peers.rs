@@ -53,11 +53,16 @@ pub fn peer(repo: &Repo, net: &Net, remote: &Remote) -> Vec<Check> {
     let conn = match connect(transport, &net.cfg, &remote.address) {
         Ok(conn) => conn,
         Err(e) => {
-            return vec![Check::fail(
-                "peer-reachable",
-                format!("{shown}: {e}"),
-                reach_fix(transport, &net.cfg),
-            )];
+            let fix = match e {
+                // Our own settings are wrong, not the peer.
+                Error::Config(_) | Error::Usage(_) | Error::Addr(_) => format!(
+                    "correct the setting (`git config --show-origin --get-regexp '^p2p-annex\\.{}\\.'` \
+                     shows where it is)",
+                    net.name
+                ),
+                _ => reach_fix(transport, &net.cfg),
+            };
+            return vec![Check::fail("peer-reachable", format!("{shown}: {e}"), fix)];
         }
     };
     let mut checks = vec![Check::ok("peer-reachable", format!("{shown} is reachable"))];
