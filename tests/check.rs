@@ -418,6 +418,12 @@ fn serving_faults_fail_with_their_advice() {
     std::fs::write(&script, "#!/bin/sh\nexec socat - \"TCP:$1\"\n").expect("script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     symlink(&script, alt.join("git-annex-p2p-viasocat")).expect("link script");
+    // The README's stand-in for a link where there can be none.
+    let wrapper = alt.join("git-annex-p2p-wrapped");
+    let text = format!("#!/bin/sh\nexec {} wrapped \"$@\"\n", bin().display());
+    std::fs::write(&wrapper, text).expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    a.config("p2p-annex.wrapped.transport", "tcp");
     a.git(&["remote", "add", "s", "p2p-annex::viasocat:10.0.0.1:1"]);
     a.git(&["remote", "add", "n", "p2p-annex::nowhere:10.0.0.1:1"]);
     let path = alt.to_str().expect("UTF-8 path");
@@ -447,6 +453,8 @@ fn serving_faults_fail_with_their_advice() {
             && line.contains(&format!("is another program ({})", script.display())),
         "{line}"
     );
+    let (line, _) = line_with(&got, "git-annex-p2p-wrapped on PATH runs this p2p-annex");
+    assert!(line.starts_with("ok    "), "{line}");
     assert_fail(&got, "git-annex-p2p-nowhere is not on PATH", "ln -s ");
     assert_fail(
         &got,

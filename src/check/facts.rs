@@ -286,6 +286,19 @@ fn helper(path: &[PathBuf], netname: &str, exe: Option<&Path>) -> Helper {
         return Helper::Missing;
     };
     let target = std::fs::canonicalize(&link).unwrap_or_else(|_| link.clone());
+    // Where a file system holds no symbolic links, the README's two-line
+    // script `exec /opt/bin/p2p-annex NETNAME "$@"` stands in for one.
+    let runs = wrapped_program(&target, netname).map(|prog| {
+        let found = if prog.is_absolute() {
+            Some(prog.clone())
+        } else {
+            find_on(path, &prog.to_string_lossy())
+        };
+        found
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .unwrap_or(prog)
+    });
+    let target = runs.unwrap_or(target);
     if exe == Some(target.as_path()) {
         Helper::This(link)
     } else if target.file_name().is_some_and(|n| n == "p2p-annex") {
@@ -293,6 +306,35 @@ fn helper(path: &[PathBuf], netname: &str, exe: Option<&Path>) -> Helper {
     } else {
         Helper::Other { link, target }
     }
+}
+
+/// The p2p-annex a wrapper script runs for `netname`: a short `#!` script
+/// with a word ending in `p2p-annex` followed by the netname.
+fn wrapped_program(script: &Path, netname: &str) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(script)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    wrapper_target(&String::from_utf8_lossy(&head), netname)
+}
+
+fn wrapper_target(text: &str, netname: &str) -> Option<PathBuf> {
+    if !text.starts_with("#!") {
+        return None;
+    }
+    text.lines().skip(1).find_map(|line| {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|w| w.trim_matches(['"', '\'']))
+            .collect();
+        words.windows(2).find_map(|w| {
+            (w[0].rsplit('/').next() == Some("p2p-annex") && w[1] == netname)
+                .then(|| PathBuf::from(w[0]))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -310,5 +352,22 @@ mod tests {
         );
         assert_eq!(NetAddr::from_url("tor-annex::x.onion:80"), None);
         assert_eq!(NetAddr::from_url("p2p-annex::nocolon"), None);
+    }
+
+    #[test]
+    fn wrapper_scripts_name_the_p2p_annex_they_run() {
+        let script = "#!/bin/sh\nexec /opt/bin/p2p-annex tcp \"$@\"\n";
+        assert_eq!(
+            wrapper_target(script, "tcp"),
+            Some(PathBuf::from("/opt/bin/p2p-annex"))
+        );
+        assert_eq!(wrapper_target(script, "ygg"), None);
+        assert_eq!(
+            wrapper_target("#!/bin/sh\nexec p2p-annex ygg \"$@\"\n", "ygg"),
+            Some(PathBuf::from("p2p-annex"))
+        );
+        let socat = "#!/bin/sh\nexec socat - \"TCP:$1\"\n";
+        assert_eq!(wrapper_target(socat, "tcp"), None);
+        assert_eq!(wrapper_target("\x7fELF p2p-annex tcp", "tcp"), None);
     }
 }
