@@ -46,7 +46,7 @@ impl Transport {
         }
     }
 
-    pub fn named(name: &str) -> Option<Transport> {
+    fn named(name: &str) -> Option<Transport> {
         match name {
             "tcp" => Some(Transport::Tcp),
             "socks" => Some(Transport::Socks),
