@@ -20,12 +20,15 @@ Usage:
   git-annex-p2p-NETNAME address              print this repository's addresses
   git-annex-p2p-NETNAME ADDRESS SOCKETFILE   listen: relay peers to git-annex's socket
   p2p-annex NETNAME ARGS...                  the same, with the netname given
+  p2p-annex check [--json]                   in a repository: check git-annex, the
+                                             links, remotedaemon, listeners and peers
   p2p-annex --help | --version
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
 Yggdrasil or Tailscale, or a LAN you trust), socks (through a SOCKS5 proxy:
 yggstack, Tor, I2P, ssh -D), unix-sockets, and any name with
-`git config p2p-annex.NAME.transport tcp|socks|unix-sockets`.
+`git config p2p-annex.NAME.transport tcp|socks|unix-sockets` (but check and
+status, which are commands).
 
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.address          host to advertise (may repeat)
@@ -43,15 +46,26 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.NETNAME.log          listener log (default .git/annex/ when
                                  stderr is /dev/null)
 
-Exit status: 0 done, 1 failure, 2 usage error. See p2p-annex(1).
+Exit status: 0 done (check: nothing failed), 1 failure, 2 usage error.
+See p2p-annex(1).
 ";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Help,
     Version,
-    Run { netname: String, mode: Mode },
+    Run {
+        netname: String,
+        mode: Mode,
+    },
+    /// `p2p-annex check [--json]`: diagnose this repository and its peers.
+    Check {
+        json: bool,
+    },
 }
+
+/// Words that are p2p-annex's own commands, never netnames.
+pub const RESERVED: [&str; 2] = ["check", "status"];
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -67,12 +81,16 @@ pub enum Mode {
 pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error> {
     let argv0 = argv.next().unwrap_or_default();
     let mut netname = netname_from_argv0(&argv0);
+    if let Some(name) = netname.as_deref().filter(|n| RESERVED.contains(n)) {
+        return Err(reserved(name));
+    }
     let mut positional: Vec<OsString> = Vec::new();
     let mut parser = lexopt::Parser::from_args(argv);
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
+            Value(v) if netname.is_none() && v == "check" => return parse_check(parser),
             Value(v) if netname.is_none() => netname = Some(parse_netname(&v)?),
             Value(v) => positional.push(v),
             _ => return Err(arg.unexpected().into()),
@@ -100,6 +118,26 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error>
     Ok(Command::Run { netname, mode })
 }
 
+/// The rest of `p2p-annex check [--json]`.
+fn parse_check(mut parser: lexopt::Parser) -> Result<Command, Error> {
+    let mut json = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("json") => json = true,
+            Short('h') | Long("help") => return Ok(Command::Help),
+            _ => return Err(Error::Usage(format!("check: {}", arg.unexpected()))),
+        }
+    }
+    Ok(Command::Check { json })
+}
+
+fn reserved(name: &str) -> Error {
+    Error::Usage(format!(
+        "{name:?} cannot be a netname: check and status are p2p-annex commands \
+         (`p2p-annex check` diagnoses a repository)"
+    ))
+}
+
 /// `git-annex-p2p-tcp` → `tcp`; anything else (`p2p-annex`) names no netname.
 fn netname_from_argv0(argv0: &OsStr) -> Option<String> {
     let name = Path::new(argv0).file_name()?.to_str()?;
@@ -109,6 +147,7 @@ fn netname_from_argv0(argv0: &OsStr) -> Option<String> {
 
 fn parse_netname(v: &OsStr) -> Result<String, Error> {
     match v.to_str() {
+        Some(name) if RESERVED.contains(&name) => Err(reserved(name)),
         Some(name) if valid_netname(name) => Ok(name.to_string()),
         _ => Err(Error::Usage(format!(
             "bad netname {:?} (expected letters, digits, '-', '_' or '.')",
@@ -199,6 +238,38 @@ mod tests {
         assert!(usage(&["git-annex-p2p-tcp", "--frobnicate"]).contains("--frobnicate"));
         assert!(usage(&["p2p-annex", "../x", "address"]).starts_with("bad netname"));
         assert!(usage(&["p2p-annex", "", "address"]).starts_with("bad netname"));
+    }
+
+    #[test]
+    fn check_is_a_command_and_status_is_reserved() {
+        assert_eq!(
+            run(&["p2p-annex", "check"]).unwrap(),
+            Command::Check { json: false }
+        );
+        assert_eq!(
+            run(&["p2p-annex", "check", "--json"]).unwrap(),
+            Command::Check { json: true }
+        );
+        let usage = |args: &[&str]| match run(args) {
+            Err(Error::Usage(msg)) => msg,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        };
+        assert!(usage(&["p2p-annex", "check", "--frob"]).starts_with("check: "));
+        assert!(usage(&["p2p-annex", "check", "extra"]).starts_with("check: "));
+        for args in [
+            &["p2p-annex", "status"][..],
+            &["p2p-annex", "status", "address"],
+            &["git-annex-p2p-check", "10.0.0.1:1"],
+            &["git-annex-p2p-status", "address"],
+        ] {
+            let msg = usage(args);
+            assert!(msg.contains("cannot be a netname"), "{args:?}: {msg}");
+        }
+        // The helper form takes addresses, never the command.
+        assert_eq!(
+            run(&["git-annex-p2p-tcp", "check"]).unwrap(),
+            cmd("tcp", Mode::Connect("check".into()))
+        );
     }
 
     #[test]

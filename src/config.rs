@@ -24,34 +24,21 @@ impl Config {
     /// Read this netname's settings from git. No git, or no repository, is
     /// not an error: the defaults apply.
     pub fn load(netname: &str) -> Result<Config, Error> {
-        let output = Command::new("git")
-            .args(["config", "-z", "--get-regexp", r"^p2p-annex\."])
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        let output = match output {
-            Ok(output) => output,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Config::from_entries(netname, Vec::new()));
-            }
-            Err(e) => return Err(Error::io("cannot run git config", e)),
-        };
-        // Status 1 means "no such keys".
-        match output.status.code() {
-            Some(0) | Some(1) => {}
-            _ => {
-                return Err(Error::Config(format!(
-                    "cannot read git config: {}",
-                    first_line(&output.stderr)
-                )));
-            }
-        }
+        Ok(Config::from_records(
+            netname,
+            &read_regexp(r"^p2p-annex\.")?,
+        ))
+    }
+
+    /// This netname's settings among full `(key, value)` records of git
+    /// config, as `read_regexp` returns them.
+    pub fn from_records(netname: &str, records: &[(String, String)]) -> Config {
         let prefix = format!("p2p-annex.{netname}.");
-        let entries = parse_records(&output.stdout)
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v)))
+        let entries = records
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
             .collect();
-        Ok(Config::from_entries(netname, entries))
+        Config::from_entries(netname, entries)
     }
 
     pub fn from_entries(netname: &str, entries: Vec<(String, String)>) -> Config {
@@ -121,6 +108,29 @@ impl Config {
         }
         self.entries.push((key.to_string(), value.to_string()));
         Ok(())
+    }
+}
+
+/// Every git config entry whose key matches `pattern` (git's
+/// `--get-regexp`), in git's order. No git, or no repository, gives none.
+pub fn read_regexp(pattern: &str) -> Result<Vec<(String, String)>, Error> {
+    let output = Command::new("git")
+        .args(["config", "-z", "--get-regexp", pattern])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let output = match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot run git config", e)),
+    };
+    // Status 1 means "no such keys".
+    match output.status.code() {
+        Some(0) | Some(1) => Ok(parse_records(&output.stdout)),
+        _ => Err(Error::Config(format!(
+            "cannot read git config: {}",
+            first_line(&output.stderr)
+        ))),
     }
 }
 

@@ -3,13 +3,18 @@
 
 mod addr;
 mod allow;
+mod auth;
+mod check;
 mod cli;
 mod config;
 mod error;
 mod listen;
 mod log;
+mod md5;
 mod net;
+mod procs;
 mod relay;
+mod report;
 mod socks5;
 mod sys;
 
@@ -24,6 +29,7 @@ fn main() {
     let code = match cli::parse(std::env::args_os()) {
         Ok(Command::Help) => print(cli::HELP),
         Ok(Command::Version) => print(&format!("p2p-annex {}\n", env!("CARGO_PKG_VERSION"))),
+        Ok(Command::Check { json }) => check::run(json),
         Ok(Command::Run { netname, mode }) => match net::run(&netname, mode) {
             Ok(()) => 0,
             Err(e) => {

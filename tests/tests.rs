@@ -15,5 +15,7 @@ mod lifecycle;
 mod faults;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
+// `p2p-annex check` on healthy and broken real git-annex repositories.
+mod check;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;

@@ -5,19 +5,17 @@
 //! in `socks5`; this module only moves its bytes, within a deadline.
 
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
-use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::addr::{Host, HostPort};
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::net::tcp;
+use crate::net::{tcp, unix};
 use crate::socks5::{self, Dest, Parse, ProtoError, Stage};
 
 /// Where yggstack's and `ssh -D`'s examples put their proxy.
@@ -94,6 +92,11 @@ impl Settings {
             timeout_key: cfg.name("connect-timeout"),
         })
     }
+
+    /// Give up sooner than configured (`p2p-annex check` waits 10 s at most).
+    pub fn cap_timeout(&mut self, max: Duration) {
+        self.timeout = self.timeout.min(max);
+    }
 }
 
 /// `unix:/absolute/path` or `HOST:PORT`.
@@ -126,10 +129,12 @@ pub fn connect(s: &Settings, target: &HostPort) -> Result<OwnedFd, Error> {
                 },
                 other => other,
             })?,
-        Proxy::Unix(path) => unix_connect(path, s.timeout).map_err(|cause| Error::Connect {
-            target: format!("proxy {}", s.proxy),
-            cause,
-        })?,
+        Proxy::Unix(path) => {
+            unix::connect_within(path, s.timeout).map_err(|cause| Error::Connect {
+                target: format!("proxy {}", s.proxy),
+                cause,
+            })?
+        }
     };
     let hs = Handshake {
         fd: sock.as_fd(),
@@ -162,28 +167,6 @@ fn dest(host: &Host) -> Result<Dest<'_>, Error> {
         ))),
         Host::Name(name) => Ok(Dest::Domain(name)),
     }
-}
-
-/// A blocking unix-socket connect waits while the proxy's backlog is full;
-/// SO_SNDTIMEO bounds that wait on Linux (unix_stream_connect), then it is
-/// cleared again for the relay.
-fn unix_connect(path: &std::path::Path, timeout: Duration) -> std::io::Result<OwnedFd> {
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
-    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::microseconds(micros))?;
-    match socket::connect(fd.as_raw_fd(), &addr) {
-        Ok(()) => {}
-        Err(Errno::EAGAIN) => return Err(Errno::ETIMEDOUT.into()),
-        Err(e) => return Err(e.into()),
-    }
-    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::zero())?;
-    Ok(fd)
 }
 
 /// One handshake with the proxy, against the deadline.

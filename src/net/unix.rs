@@ -3,9 +3,15 @@
 //! git-annex's `git-annex-p2p-unix-sockets` script: either side may be it.
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::addr::parse_token;
 use crate::config::Config;
@@ -32,6 +38,28 @@ pub fn connect(path: &Path) -> Result<UnixStream, Error> {
         target: path.display().to_string(),
         cause,
     })
+}
+
+/// A blocking unix-socket connect waits while the listener's backlog is full;
+/// SO_SNDTIMEO bounds that wait on Linux (unix_stream_connect), then it is
+/// cleared again for the relay.
+pub fn connect_within(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::microseconds(micros))?;
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => {}
+        Err(Errno::EAGAIN) => return Err(Errno::ETIMEDOUT.into()),
+        Err(e) => return Err(e.into()),
+    }
+    socket::setsockopt(&fd, sockopt::SendTimeout, &TimeVal::zero())?;
+    Ok(fd)
 }
 
 /// Bind the token's socket file. A leftover file from a listener that was

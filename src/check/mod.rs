@@ -1,0 +1,61 @@
+//! `p2p-annex check`: find out why git-annex cannot reach a peer, or a
+//! peer this repository. When a P2P remote fails, git-annex says only
+//! "cannot access remote", and the listener's stderr is /dev/null; this
+//! looks at every link of the chain in turn and says what to do about each
+//! one that is broken.
+//!
+//! Facts are gathered once (`facts`: git config, the creds files, /proc),
+//! then each check is a plain function of them returning its verdicts:
+//! `local` (tools, links, addresses), `serve` (remotedaemon, its sockets and
+//! listeners) and `peers` (each remote reachable, our token accepted). Only
+//! the socket and peer checks touch the network, each within seconds.
+
+mod facts;
+mod local;
+mod peers;
+mod serve;
+
+use std::io::{self, Write};
+
+use crate::report::{Check, Report};
+use facts::{Repo, find_on, search_path};
+
+/// Run every check, print the report; the exit status: 0 when nothing
+/// failed, 1 otherwise (or when stdout is gone).
+pub fn run(json: bool) -> i32 {
+    let mut out = io::stdout().lock();
+    let mut report = Report::new(json);
+    match run_checks(&mut report, &mut out).and_then(|()| report.finish(&mut out)) {
+        Ok(()) if !report.failed() => 0,
+        _ => 1,
+    }
+}
+
+fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
+    let path = search_path();
+    let annex = find_on(&path, "git-annex");
+    report.add(out, vec![local::git_annex(annex.as_deref())])?;
+    report.add(out, vec![local::remote_helper(&path, annex.as_deref())])?;
+    let repo = match Repo::gather(&path) {
+        Ok(repo) => repo,
+        Err(check) => return report.add(out, vec![check]),
+    };
+    let checks: [fn(&Repo) -> Vec<Check>; 7] = [
+        local::repository,
+        local::helper_links,
+        local::addresses,
+        serve::remotedaemon,
+        serve::sockets,
+        serve::listeners,
+        serve::strays,
+    ];
+    for check in checks {
+        report.add(out, check(&repo))?;
+    }
+    for remote in &repo.remotes {
+        if let Some(net) = repo.net(&remote.netname).filter(|n| n.ours()) {
+            report.add(out, peers::peer(&repo, net, remote))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The results of `p2p-annex check`, for people (one line per check, the
+//! fix under each failure) and for scripts (`--json`, written by hand: a
+//! few strings need escaping, not a crate).
+
+use std::io::{self, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    /// As the text report shows it: a failure stands out.
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+
+    /// As `--json` spells it.
+    fn json(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// One check's verdict. Never holds an auth token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Which check, a stable name for scripts: `remotedaemon`, `peer-auth`…
+    pub kind: &'static str,
+    pub status: Status,
+    /// What was found, in one line.
+    pub what: String,
+    /// What to do about it (every failure has one).
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn ok(kind: &'static str, what: impl Into<String>) -> Check {
+        Check {
+            kind,
+            status: Status::Ok,
+            what: what.into(),
+            fix: None,
+        }
+    }
+
+    pub fn warn(kind: &'static str, what: impl Into<String>, fix: Option<String>) -> Check {
+        Check {
+            kind,
+            status: Status::Warn,
+            what: what.into(),
+            fix,
+        }
+    }
+
+    pub fn fail(kind: &'static str, what: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            kind,
+            status: Status::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Collects the checks; in text mode prints each one as it comes, so a
+/// slow peer does not hold back the lines before it.
+pub struct Report {
+    json: bool,
+    checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn new(json: bool) -> Report {
+        Report {
+            json,
+            checks: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, out: &mut impl Write, checks: Vec<Check>) -> io::Result<()> {
+        if !self.json {
+            for c in &checks {
+                out.write_all(text_line(c).as_bytes())?;
+            }
+            out.flush()?;
+        }
+        self.checks.extend(checks);
+        Ok(())
+    }
+
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+
+    /// The summary line, or the whole JSON document.
+    pub fn finish(&self, out: &mut impl Write) -> io::Result<()> {
+        let count = |s| self.checks.iter().filter(|c| c.status == s).count();
+        let (ok, warn, fail) = (count(Status::Ok), count(Status::Warn), count(Status::Fail));
+        let text = if self.json {
+            json_document(&self.checks, ok, warn, fail)
+        } else {
+            let s = if warn == 1 { "" } else { "s" };
+            format!("checks: {ok} ok, {warn} warning{s}, {fail} failed\n")
+        };
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    }
+}
+
+/// `FAIL  what` and, below it, `      fix: …`.
+fn text_line(c: &Check) -> String {
+    let mut line = format!("{:<5} {}\n", c.status.label(), one_line(&c.what));
+    if let Some(fix) = &c.fix {
+        line.push_str(&format!("      fix: {}\n", one_line(fix)));
+    }
+    line
+}
+
+/// Whatever a string holds (a peer's answer, a file name), it stays on its
+/// line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn json_document(checks: &[Check], ok: usize, warn: usize, fail: usize) -> String {
+    let items: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            format!(
+                "    {{\"check\": {}, \"status\": {}, \"what\": {}, \"fix\": {}}}",
+                json_string(c.kind),
+                json_string(c.status.json()),
+                json_string(&c.what),
+                c.fix.as_deref().map_or("null".to_string(), json_string)
+            )
+        })
+        .collect();
+    format!(
+        "{{\n  \"ok\": {},\n  \"counts\": {{\"ok\": {ok}, \"warn\": {warn}, \"fail\": {fail}}},\n  \
+         \"checks\": [\n{}\n  ]\n}}\n",
+        fail == 0,
+        items.join(",\n")
+    )
+}
+
+/// A JSON string (RFC 8259 section 7): quote, backslash and control
+/// characters escaped; everything else is already valid UTF-8.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_what_they_must() {
+        assert_eq!(json_string("plain"), "\"plain\"");
+        assert_eq!(
+            json_string("a \"b\" \\ c\nd\te\u{1}"),
+            "\"a \\\"b\\\" \\\\ c\\nd\\te\\u0001\""
+        );
+        assert_eq!(json_string("ünïcødé →"), "\"ünïcødé →\"");
+    }
+
+    #[test]
+    fn the_text_report_puts_the_fix_under_the_failure() {
+        let mut out = Vec::new();
+        let mut r = Report::new(false);
+        r.add(
+            &mut out,
+            vec![
+                Check::ok("a", "fine"),
+                Check::fail("b", "broken\nreally", "mend it"),
+            ],
+        )
+        .unwrap();
+        assert!(r.failed());
+        r.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ok    fine\nFAIL  broken?really\n      fix: mend it\n\
+             checks: 1 ok, 0 warnings, 1 failed\n"
+        );
+    }
+
+    #[test]
+    fn the_json_report_is_one_document() {
+        let mut out = Vec::new();
+        let mut r = Report::new(true);
+        r.add(
+            &mut out,
+            vec![Check::ok("a", "fine"), Check::warn("b", "odd", None)],
+        )
+        .unwrap();
+        assert!(out.is_empty(), "nothing before the end");
+        r.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\n  \"ok\": true,\n  \"counts\": {\"ok\": 1, \"warn\": 1, \"fail\": 0},\n  \"checks\": [\n\
+             \x20   {\"check\": \"a\", \"status\": \"ok\", \"what\": \"fine\", \"fix\": null},\n\
+             \x20   {\"check\": \"b\", \"status\": \"warn\", \"what\": \"odd\", \"fix\": null}\n  ]\n}\n"
+        );
+    }
+}
