@@ -22,6 +22,8 @@ Usage:
   p2p-annex NETNAME ARGS...                  the same, with the netname given
   p2p-annex check [--json]                   in a repository: check git-annex, the
                                              links, remotedaemon, listeners and peers
+  p2p-annex status [--json]                  in a repository: its listeners, their
+                                             open connections, their last errors
   p2p-annex --help | --version
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
@@ -62,6 +64,10 @@ pub enum Command {
     Check {
         json: bool,
     },
+    /// `p2p-annex status [--json]`: what this repository's listeners do now.
+    Status {
+        json: bool,
+    },
 }
 
 /// Words that are p2p-annex's own commands, never netnames.
@@ -91,6 +97,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error>
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if netname.is_none() && v == "check" => return parse_check(parser),
+            Value(v) if netname.is_none() && v == "status" => return parse_status(parser),
             Value(v) if netname.is_none() => netname = Some(parse_netname(&v)?),
             Value(v) => positional.push(v),
             _ => return Err(arg.unexpected().into()),
@@ -119,16 +126,26 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error>
 }
 
 /// The rest of `p2p-annex check [--json]`.
-fn parse_check(mut parser: lexopt::Parser) -> Result<Command, Error> {
+fn parse_check(parser: lexopt::Parser) -> Result<Command, Error> {
+    Ok(parse_json_flag("check", parser)?.map_or(Command::Help, |json| Command::Check { json }))
+}
+
+/// The rest of `p2p-annex status [--json]`.
+fn parse_status(parser: lexopt::Parser) -> Result<Command, Error> {
+    Ok(parse_json_flag("status", parser)?.map_or(Command::Help, |json| Command::Status { json }))
+}
+
+/// `[--json]` after a command word; None when help was asked for.
+fn parse_json_flag(command: &str, mut parser: lexopt::Parser) -> Result<Option<bool>, Error> {
     let mut json = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("json") => json = true,
-            Short('h') | Long("help") => return Ok(Command::Help),
-            _ => return Err(Error::Usage(format!("check: {}", arg.unexpected()))),
+            Short('h') | Long("help") => return Ok(None),
+            _ => return Err(Error::Usage(format!("{command}: {}", arg.unexpected()))),
         }
     }
-    Ok(Command::Check { json })
+    Ok(Some(json))
 }
 
 fn reserved(name: &str) -> Error {
@@ -241,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn check_is_a_command_and_status_is_reserved() {
+    fn check_and_status_are_commands_not_netnames() {
         assert_eq!(
             run(&["p2p-annex", "check"]).unwrap(),
             Command::Check { json: false }
@@ -256,10 +273,13 @@ mod tests {
         };
         assert!(usage(&["p2p-annex", "check", "--frob"]).starts_with("check: "));
         assert!(usage(&["p2p-annex", "check", "extra"]).starts_with("check: "));
+        assert_eq!(
+            run(&["p2p-annex", "status", "--json"]).unwrap(),
+            Command::Status { json: true }
+        );
+        assert!(usage(&["p2p-annex", "status", "address"]).starts_with("status: "));
         for args in [
-            &["p2p-annex", "status"][..],
-            &["p2p-annex", "status", "address"],
-            &["git-annex-p2p-check", "10.0.0.1:1"],
+            &["git-annex-p2p-check", "10.0.0.1:1"][..],
             &["git-annex-p2p-status", "address"],
         ] {
             let msg = usage(args);

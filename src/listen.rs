@@ -15,8 +15,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -26,7 +27,7 @@ use crate::allow::{self, Cidr};
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::log::Log;
-use crate::relay::{self, End};
+use crate::relay::{self, End, Progress};
 use crate::sys;
 
 /// Stack of a connection's thread, which runs one relay direction and the
@@ -105,12 +106,17 @@ impl Listener {
     }
 }
 
-/// The listener's limits, from configuration.
+/// The listener's limits, from configuration, and what it tells
+/// `p2p-annex status`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub max_connections: usize,
     /// Peer networks allowed to connect; empty allows everyone.
     pub allow: Vec<Cidr>,
+    /// Where to answer `p2p-annex status`, when in a repository.
+    pub control: Option<PathBuf>,
+    /// Netname and address, as `status` shows them.
+    pub label: String,
 }
 
 impl Options {
@@ -140,6 +146,8 @@ impl Options {
         Ok(Options {
             max_connections,
             allow,
+            control: None,
+            label: format!("{}\t-", cfg.netname()),
         })
     }
 }
@@ -163,6 +171,20 @@ pub fn serve(
             socket.display()
         ));
     }
+    let header = format!(
+        "listener\t{}\t{}\t{}\t{}\t{}\t{}",
+        std::process::id(),
+        opts.label,
+        unix_secs(SystemTime::now()),
+        opts.max_connections,
+        listeners
+            .iter()
+            .map(Listener::describe)
+            .collect::<Vec<_>>()
+            .join(","),
+        socket.display()
+    );
+    let control = opts.control.as_deref().and_then(|p| Control::bind(p, &log));
     let socket: Arc<PathBuf> = Arc::new(socket.to_path_buf());
     let registry = Arc::new(Registry::default());
     let mut backoff = false;
@@ -170,6 +192,11 @@ pub fn serve(
         let mut fds: Vec<PollFd> = listeners
             .iter()
             .map(|l| PollFd::new(l.fd(), PollFlags::POLLIN))
+            .chain(
+                control
+                    .iter()
+                    .map(|c| PollFd::new(c.listener.as_fd(), PollFlags::POLLIN)),
+            )
             .chain([PollFd::new(signals.as_fd(), PollFlags::POLLIN)])
             .collect();
         let timeout = if backoff { ACCEPT_BACKOFF } else { WATCH_EVERY };
@@ -185,7 +212,14 @@ pub fn serve(
             .last()
             .and_then(|f| f.revents())
             .is_some_and(|r| !r.is_empty());
+        let asked = control.is_some()
+            && fds[listeners.len()]
+                .revents()
+                .is_some_and(|r| !r.is_empty());
         drop(fds);
+        if let (true, Some(control)) = (asked, &control) {
+            control.answer(&header, &registry);
+        }
         if signalled {
             if let Some(sig) = read_signal(&signals) {
                 break 'serve format!("stopping on {}", signal_name(sig));
@@ -247,8 +281,8 @@ fn admit(
             return; // dropping `conn` closes it
         }
     }
-    let id = match registry.add(&conn, opts.max_connections) {
-        Ok(Some(id)) => id,
+    let (id, progress) = match registry.add(&conn, &peer, opts.max_connections) {
+        Ok(Some(added)) => added,
         Ok(None) => {
             log.line(format_args!(
                 "{peer}: refused: {} connections open (max-connections)",
@@ -267,7 +301,7 @@ fn admit(
         .name("connection".into())
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
-            let last_words = handle(conn, &peer, &socket, &thread_log);
+            let last_words = handle(conn, &peer, &socket, &thread_log, &progress);
             // Free the slot before saying so, so that whoever reads the log
             // line can count on the slot.
             thread_registry.remove(id);
@@ -284,7 +318,7 @@ fn admit(
 }
 
 /// Relay one connection; returns how it ended, for the log.
-fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log) -> String {
+fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log, progress: &Progress) -> String {
     let start = Instant::now();
     let local = match UnixStream::connect(socket) {
         Ok(s) => s,
@@ -299,7 +333,7 @@ fn handle(conn: OwnedFd, peer: &str, socket: &Path, log: &Log) -> String {
     log.line(format_args!("{peer}: connected"));
     let peer_end = End::Socket(conn);
     let local_end = End::Socket(local.into());
-    match relay::run(&peer_end, &local_end) {
+    match relay::run_counted(&peer_end, &local_end, progress) {
         Ok(out) => {
             let how = match &out.error {
                 None => "closed".to_string(),
@@ -338,31 +372,68 @@ fn transient_accept_error(e: &io::Error) -> bool {
 }
 
 /// The open connections: a duplicate of each peer socket, so that a stop
-/// can shut them all down (which ends their relays), and their count for
-/// the cap.
+/// can shut them all down (which ends their relays), their count for the
+/// cap, and what `p2p-annex status` shows of each.
 #[derive(Default)]
 struct Registry {
-    open: Mutex<(u64, HashMap<u64, OwnedFd>)>,
+    open: Mutex<(u64, HashMap<u64, Open>)>,
     closed: Condvar,
+}
+
+struct Open {
+    fd: OwnedFd,
+    peer: String,
+    since: SystemTime,
+    progress: Arc<Progress>,
 }
 
 impl Registry {
     /// Register a connection unless `max` are open already.
-    fn add(&self, conn: &OwnedFd, max: usize) -> io::Result<Option<u64>> {
+    fn add(
+        &self,
+        conn: &OwnedFd,
+        peer: &str,
+        max: usize,
+    ) -> io::Result<Option<(u64, Arc<Progress>)>> {
         let mut open = self.lock();
         if open.1.len() >= max {
             return Ok(None);
         }
-        let dup = conn.try_clone()?;
+        let entry = Open {
+            fd: conn.try_clone()?,
+            peer: peer.to_string(),
+            since: SystemTime::now(),
+            progress: Arc::new(Progress::default()),
+        };
+        let progress = Arc::clone(&entry.progress);
         open.0 += 1;
         let id = open.0;
-        open.1.insert(id, dup);
-        Ok(Some(id))
+        open.1.insert(id, entry);
+        Ok(Some((id, progress)))
     }
 
     fn remove(&self, id: u64) {
         self.lock().1.remove(&id);
         self.closed.notify_all();
+    }
+
+    /// One line per open connection, oldest first, for the status snapshot.
+    fn snapshot(&self) -> Vec<String> {
+        let open = self.lock();
+        let mut ids: Vec<&u64> = open.1.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .map(|id| {
+                let o = &open.1[id];
+                format!(
+                    "conn\t{}\t{}\t{}\t{}",
+                    o.peer,
+                    unix_secs(o.since),
+                    o.progress.a_to_b.load(Ordering::Relaxed),
+                    o.progress.b_to_a.load(Ordering::Relaxed)
+                )
+            })
+            .collect()
     }
 
     /// Shut every open connection down and wait up to `grace` for their
@@ -371,8 +442,8 @@ impl Registry {
         use std::os::fd::AsRawFd;
         let deadline = Instant::now() + grace;
         let mut open = self.lock();
-        for fd in open.1.values() {
-            let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
+        for o in open.1.values() {
+            let _ = shutdown(o.fd.as_raw_fd(), Shutdown::Both);
         }
         while !open.1.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -387,8 +458,98 @@ impl Registry {
         open.1.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, OwnedFd>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Open>)> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where `p2p-annex status` asks a running listener what it is doing: a
+/// unix socket under `.git/annex/p2p-annex/`, answered with a snapshot
+/// (the listener, then one line per open connection with its live byte
+/// counts) and closed. Nothing is written to disk while the listener runs.
+struct Control {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// Longest unix socket path we bind (sun_path is 108 bytes on Linux, 104
+/// on the BSDs).
+const MAX_SOCKET_PATH: usize = 100;
+
+impl Control {
+    fn bind(path: &Path, log: &Log) -> Option<Control> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = path.parent()?;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+        // A long absolute path may still fit relative to where we run
+        // (remotedaemon starts us at the repository's top).
+        let short = if path.as_os_str().len() > MAX_SOCKET_PATH {
+            let cwd = std::env::current_dir().ok()?;
+            path.strip_prefix(&cwd).ok()?.to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
+        if short.as_os_str().len() > MAX_SOCKET_PATH {
+            log.line(format_args!(
+                "no status socket: {} is too long a path",
+                path.display()
+            ));
+            return None;
+        }
+        // The name holds our pid: a file there is a leftover of a listener
+        // that was killed and whose pid we now have.
+        let _ = std::fs::remove_file(&short);
+        match UnixListener::bind(&short).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(listener) => Some(Control {
+                listener,
+                path: short,
+            }),
+            Err(e) => {
+                log.line(format_args!(
+                    "no status socket at {}: {}",
+                    path.display(),
+                    describe(&e)
+                ));
+                None
+            }
+        }
+    }
+
+    /// Answer every waiting `status`, each from a thread of its own so a
+    /// reader that does not read cannot stall the listener.
+    fn answer(&self, header: &str, registry: &Registry) {
+        while let Ok((conn, _)) = self.listener.accept() {
+            let mut text = format!("{header}\n");
+            for line in registry.snapshot() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let _ = std::thread::Builder::new()
+                .name("status".into())
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || {
+                    use std::io::Write;
+                    let mut conn = conn;
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                    let _ = conn.write_all(text.as_bytes());
+                });
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -16,6 +16,7 @@ mod procs;
 mod relay;
 mod report;
 mod socks5;
+mod status;
 mod sys;
 
 use std::io::Write;
@@ -30,6 +31,7 @@ fn main() {
         Ok(Command::Help) => print(cli::HELP),
         Ok(Command::Version) => print(&format!("p2p-annex {}\n", env!("CARGO_PKG_VERSION"))),
         Ok(Command::Check { json }) => check::run(json),
+        Ok(Command::Status { json }) => status::run(json),
         Ok(Command::Run { netname, mode }) => match net::run(&netname, mode) {
             Ok(()) => 0,
             Err(e) => {

@@ -19,7 +19,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -95,21 +95,33 @@ pub struct Outcome {
     pub error: Option<io::Error>,
 }
 
+/// Bytes moved so far, readable while the relay runs (`p2p-annex status`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub a_to_b: AtomicU64,
+    pub b_to_a: AtomicU64,
+}
+
 /// Relay between `a` and `b` until both directions are done.
 pub fn run(a: &End, b: &End) -> io::Result<Outcome> {
+    run_counted(a, b, &Progress::default())
+}
+
+/// `run`, counting the bytes in `progress` as they go.
+pub fn run_counted(a: &End, b: &End, progress: &Progress) -> io::Result<Outcome> {
     let link = Link::new()?;
     std::thread::scope(|scope| {
         let other = std::thread::Builder::new()
             .name("relay".into())
             .stack_size(THREAD_STACK)
-            .spawn_scoped(scope, || direction(b, a, &link, [a, b]))?;
-        let (a_to_b, err_ab) = direction(a, b, &link, [a, b]);
-        let (b_to_a, err_ba) = other
+            .spawn_scoped(scope, || direction(b, a, &link, [a, b], &progress.b_to_a))?;
+        let err_ab = direction(a, b, &link, [a, b], &progress.a_to_b);
+        let err_ba = other
             .join()
-            .unwrap_or_else(|_| (0, Some(io::Error::other("relay thread panicked"))));
+            .unwrap_or_else(|_| Some(io::Error::other("relay thread panicked")));
         Ok(Outcome {
-            a_to_b,
-            b_to_a,
+            a_to_b: progress.a_to_b.load(Ordering::Relaxed),
+            b_to_a: progress.b_to_a.load(Ordering::Relaxed),
             error: err_ab.or(err_ba),
         })
     })
@@ -160,16 +172,22 @@ enum Ending {
     Aborted,
 }
 
-/// Run one direction and tell the other how it ended. Returns the bytes
-/// moved, and the error that ended the relay if this direction failed.
-fn direction(src: &End, dst: &End, link: &Link, ends: [&End; 2]) -> (u64, Option<io::Error>) {
-    let mut moved = 0u64;
-    match pump(src, dst, link, &mut moved) {
-        Ok(Ending::Done) | Ok(Ending::Aborted) => (moved, None),
+/// Run one direction and tell the other how it ended. Counts the bytes
+/// moved in `moved`; returns the error that ended the relay if this
+/// direction failed.
+fn direction(
+    src: &End,
+    dst: &End,
+    link: &Link,
+    ends: [&End; 2],
+    moved: &AtomicU64,
+) -> Option<io::Error> {
+    match pump(src, dst, link, moved) {
+        Ok(Ending::Done) | Ok(Ending::Aborted) => None,
         Ok(Ending::SinkGone) => {
             src.close_read();
             link.raise(DRAIN);
-            (moved, None)
+            None
         }
         Err(e) => {
             link.raise(ABORT);
@@ -178,12 +196,12 @@ fn direction(src: &End, dst: &End, link: &Link, ends: [&End; 2]) -> (u64, Option
             for end in ends {
                 end.abort();
             }
-            (moved, Some(e))
+            Some(e)
         }
     }
 }
 
-fn pump(src: &End, dst: &End, link: &Link, moved: &mut u64) -> io::Result<Ending> {
+fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Ending> {
     let mut buf = vec![0u8; BUF_SIZE];
     let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
     loop {
@@ -240,7 +258,9 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &mut u64) -> io::Result<Ending
             Err(e) => return Err(e.into()),
         };
         match write_all(dst.writer(), &buf[..n]) {
-            Ok(()) => *moved += n as u64,
+            Ok(()) => {
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
             // The reader went away: nobody wants these bytes any more.
             Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return Ok(Ending::SinkGone),
             Err(e) => return Err(e.into()),

@@ -496,6 +496,15 @@ fn outside_a_repository_it_says_so() {
     let (status, _, stderr) =
         crate::support::run(crate::support::p2p(dir.path()).args(["status", "address"]));
     assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("status: unexpected argument"), "{stderr}");
+    let (status, _, stderr) = crate::support::run(
+        crate::support::helper(
+            &crate::support::helper_link(dir.path(), "status"),
+            dir.path(),
+        )
+        .arg("address"),
+    );
+    assert_eq!(status.code(), Some(2));
     assert!(
         stderr.contains("\"status\" cannot be a netname"),
         "{stderr}"

@@ -13,6 +13,8 @@ mod listen;
 mod lifecycle;
 // Fault injection and load through one listener.
 mod faults;
+// p2p-annex status: listeners, live connections, last errors.
+mod status;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
 // `p2p-annex check` on healthy and broken real git-annex repositories.

@@ -130,7 +130,10 @@ fn listen_on(
     log: &Arc<Log>,
 ) -> Result<(), Error> {
     let address = decode(address)?;
-    let opts = listen::Options::from_config(cfg)?;
+    let mut opts = listen::Options::from_config(cfg)?;
+    opts.label = format!("{}\t{address}", cfg.netname());
+    opts.control =
+        crate::config::git_dir().map(|dir| crate::status::control_path(&dir, cfg.netname()));
     let tcp_listeners =
         |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
     let listeners = match transport {

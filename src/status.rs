@@ -1,0 +1,419 @@
+//! `p2p-annex status`: the listeners of this repository, the connections
+//! they have open now (peer, age, bytes each way), and the last errors in
+//! their logs.
+//!
+//! Each listener answers on a unix socket of its own under
+//! `.git/annex/p2p-annex/` (see `listen::Control`) with a snapshot taken
+//! under the same lock that counts its connections, so concurrent
+//! connections never show half-updated; nothing is written to disk while it
+//! runs.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::describe;
+use crate::report::json_string;
+
+/// How many error lines of each log `status` shows.
+const LAST_ERRORS: usize = 5;
+/// How much of the end of a log file `status` reads for them.
+const LOG_TAIL: u64 = 64 * 1024;
+/// How long a listener gets to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The directory of the listeners' status sockets.
+fn control_dir(git_dir: &Path) -> PathBuf {
+    git_dir.join("annex").join("p2p-annex")
+}
+
+/// Where this listener answers `status`: named after the netname and our
+/// pid, so listeners of one repository (one per address) never collide.
+pub fn control_path(git_dir: &Path, netname: &str) -> PathBuf {
+    control_dir(git_dir).join(format!("{netname}.{}.sock", std::process::id()))
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Listener {
+    pid: String,
+    netname: String,
+    address: String,
+    started: u64,
+    max: String,
+    listening: Vec<String>,
+    socket: String,
+    conns: Vec<Conn>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Conn {
+    peer: String,
+    since: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Parse a listener's snapshot: a tab-separated `listener` line, then one
+/// `conn` line per open connection.
+fn parse_snapshot(text: &str) -> Option<Listener> {
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next()?.splitn(8, '\t').collect();
+    let [kind, pid, netname, address, started, max, listening, socket] = head[..] else {
+        return None;
+    };
+    if kind != "listener" {
+        return None;
+    }
+    let mut listener = Listener {
+        pid: pid.to_string(),
+        netname: netname.to_string(),
+        address: address.to_string(),
+        started: started.parse().ok()?,
+        max: max.to_string(),
+        listening: listening.split(',').map(str::to_string).collect(),
+        socket: socket.to_string(),
+        conns: Vec::new(),
+    };
+    for line in lines {
+        let f: Vec<&str> = line.split('\t').collect();
+        if let ["conn", peer, since, bytes_in, bytes_out] = f[..] {
+            listener.conns.push(Conn {
+                peer: peer.to_string(),
+                since: since.parse().ok()?,
+                bytes_in: bytes_in.parse().ok()?,
+                bytes_out: bytes_out.parse().ok()?,
+            });
+        }
+    }
+    Some(listener)
+}
+
+/// What one status socket said.
+enum Answer {
+    Live(Listener),
+    /// Nobody listens there: a listener that was killed left it.
+    Stale,
+    Failed(String),
+}
+
+fn ask(path: &Path) -> Answer {
+    let mut conn = match UnixStream::connect(path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Answer::Stale,
+        Err(e) => return Answer::Failed(describe(&e)),
+    };
+    let _ = conn.set_read_timeout(Some(ANSWER_TIMEOUT));
+    let mut text = String::new();
+    if let Err(e) = conn.read_to_string(&mut text) {
+        return Answer::Failed(describe(&e));
+    }
+    match parse_snapshot(&text) {
+        Some(l) => Answer::Live(l),
+        None => Answer::Failed("unreadable answer".into()),
+    }
+}
+
+/// The last error-like lines of a listener log.
+fn last_errors(log: &Path) -> Vec<String> {
+    use std::io::Seek;
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(io::SeekFrom::Start(len.saturating_sub(LOG_TAIL)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let mut found: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            ["failed", "refused", "cannot", "exiting:", "error"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(str::to_string)
+        .collect();
+    let skip = found.len().saturating_sub(LAST_ERRORS);
+    found.drain(..skip);
+    found
+}
+
+/// `p2p-annex status [--json]`. Returns the exit status.
+pub fn run(json: bool) -> i32 {
+    let Some(git_dir) = crate::config::git_dir() else {
+        eprintln!("p2p-annex: status: not in a git repository");
+        return 1;
+    };
+    let dir = control_dir(&git_dir);
+    // Socket paths must be short; the names are, so ask from inside.
+    if std::env::set_current_dir(&dir).is_err() {
+        return print(&render(&[], &[], &errors(&git_dir), json));
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(".")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| PathBuf::from(e.file_name())))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut listeners = Vec::new();
+    let mut notes = Vec::new();
+    for name in names {
+        match ask(&name) {
+            Answer::Live(l) => listeners.push(l),
+            Answer::Stale => {
+                // Tidy up after a listener that was killed (SIGKILL leaves
+                // its socket behind).
+                let _ = std::fs::remove_file(&name);
+            }
+            Answer::Failed(why) => notes.push(format!("{}: {why}", name.display())),
+        }
+    }
+    print(&render(&listeners, &notes, &errors(&git_dir), json))
+}
+
+/// (log file, its last error lines) for every listener log in the default
+/// place.
+fn errors(git_dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    let annex = git_dir.join("annex");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&annex)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("p2p-annex.") && n.ends_with(".log"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    logs.into_iter()
+        .map(|log| {
+            let errs = last_errors(&log);
+            (log, errs)
+        })
+        .filter(|(_, errs)| !errs.is_empty())
+        .collect()
+}
+
+fn print(text: &str) -> i32 {
+    match io::stdout().write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn render(
+    listeners: &[Listener],
+    notes: &[String],
+    errors: &[(PathBuf, Vec<String>)],
+    json: bool,
+) -> String {
+    if json {
+        render_json(listeners, notes, errors)
+    } else {
+        render_text(listeners, notes, errors, now())
+    }
+}
+
+fn render_text(
+    listeners: &[Listener],
+    notes: &[String],
+    errors: &[(PathBuf, Vec<String>)],
+    now: u64,
+) -> String {
+    let mut out = String::new();
+    if listeners.is_empty() {
+        out.push_str(
+            "no listener of ours is running for this repository \
+             (is `git annex remotedaemon` running? `p2p-annex check` says more)\n",
+        );
+    }
+    for l in listeners {
+        let open = match l.conns.len() {
+            0 => "no connections open".to_string(),
+            1 => format!("1 connection open (max {})", l.max),
+            n => format!("{n} connections open (max {})", l.max),
+        };
+        out.push_str(&format!(
+            "{} {} (pid {}): listening on {}, up {}, {open}\n",
+            l.netname,
+            l.address,
+            l.pid,
+            l.listening.join(", "),
+            age(now.saturating_sub(l.started)),
+        ));
+        for c in &l.conns {
+            out.push_str(&format!(
+                "  {}  for {}  in {}  out {}\n",
+                c.peer,
+                age(now.saturating_sub(c.since)),
+                size(c.bytes_in),
+                size(c.bytes_out)
+            ));
+        }
+    }
+    for n in notes {
+        out.push_str(&format!("could not ask a listener: {n}\n"));
+    }
+    for (log, lines) in errors {
+        out.push_str(&format!("last errors in {}:\n", log.display()));
+        for line in lines {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+fn render_json(
+    listeners: &[Listener],
+    notes: &[String],
+    errors: &[(PathBuf, Vec<String>)],
+) -> String {
+    let strings = |v: &[String]| {
+        v.iter()
+            .map(|s| json_string(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ls: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            let conns: Vec<String> = l
+                .conns
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{{\"peer\": {}, \"since\": {}, \"bytes_in\": {}, \"bytes_out\": {}}}",
+                        json_string(&c.peer),
+                        c.since,
+                        c.bytes_in,
+                        c.bytes_out
+                    )
+                })
+                .collect();
+            format!(
+                "    {{\"pid\": {}, \"netname\": {}, \"address\": {}, \"listening\": [{}], \
+                 \"socket\": {}, \"started\": {}, \"max_connections\": {}, \"connections\": [{}]}}",
+                l.pid.parse::<u64>().unwrap_or(0),
+                json_string(&l.netname),
+                json_string(&l.address),
+                strings(&l.listening),
+                json_string(&l.socket),
+                l.started,
+                l.max.parse::<u64>().unwrap_or(0),
+                conns.join(", ")
+            )
+        })
+        .collect();
+    let errs: Vec<String> = errors
+        .iter()
+        .map(|(log, lines)| {
+            format!(
+                "    {{\"log\": {}, \"lines\": [{}]}}",
+                json_string(&log.display().to_string()),
+                strings(lines)
+            )
+        })
+        .collect();
+    format!(
+        "{{\n  \"listeners\": [\n{}\n  ],\n  \"notes\": [{}],\n  \"errors\": [\n{}\n  ]\n}}\n",
+        ls.join(",\n"),
+        strings(notes),
+        errs.join(",\n")
+    )
+}
+
+/// `3s`, `4m05s`, `2h03m`, `5d02h`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `812 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SNAPSHOT: &str = "listener\t4711\ttcp\t10.0.0.1:5599\t1000\t100\t10.0.0.1:5599\t.git/annex/p2p/abc\n\
+                            conn\t10.0.0.2:40000\t1900\t12582912\t2048\n";
+
+    #[test]
+    fn snapshots_parse() {
+        let l = parse_snapshot(SNAPSHOT).unwrap();
+        assert_eq!(l.pid, "4711");
+        assert_eq!(l.listening, vec!["10.0.0.1:5599"]);
+        assert_eq!(l.socket, ".git/annex/p2p/abc");
+        assert_eq!(
+            l.conns,
+            vec![Conn {
+                peer: "10.0.0.2:40000".into(),
+                since: 1900,
+                bytes_in: 12582912,
+                bytes_out: 2048
+            }]
+        );
+        assert_eq!(parse_snapshot("garbage"), None);
+        assert_eq!(parse_snapshot(""), None);
+        assert_eq!(parse_snapshot("listener\t1\ttcp"), None);
+    }
+
+    #[test]
+    fn text_shows_each_connection() {
+        let l = parse_snapshot(SNAPSHOT).unwrap();
+        let text = render_text(&[l], &[], &[], 2000);
+        assert_eq!(
+            text,
+            "tcp 10.0.0.1:5599 (pid 4711): listening on 10.0.0.1:5599, up 16m40s, 1 connection open (max 100)\n  \
+             10.0.0.2:40000  for 1m40s  in 12.0 MiB  out 2.0 KiB\n"
+        );
+    }
+
+    #[test]
+    fn json_is_well_formed_enough() {
+        let l = parse_snapshot(SNAPSHOT).unwrap();
+        let j = render_json(&[l], &["x\"y".into()], &[]);
+        assert!(j.contains("\"bytes_in\": 12582912"), "{j}");
+        assert!(j.contains("\"notes\": [\"x\\\"y\"]"), "{j}");
+    }
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(3599), "59m59s");
+        assert_eq!(age(86399), "23h59m");
+        assert_eq!(age(90000), "1d01h");
+    }
+}
