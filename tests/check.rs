@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::annex::{Env, Outcome, Repo, Secret, all_procs, git_annex};
-use crate::support::{Proc, bin, free_port};
+use crate::support::{Proc, bin, free_port, wait_until};
 
 /// `p2p-annex check ARGS` in `repo`, with the test's PATH.
 fn check(repo: &Repo, args: &[&str]) -> Outcome {
@@ -111,19 +111,6 @@ fn assert_no_token(got: &Outcome, token: &str) {
         "the auth token leaked into the output of `{}`",
         got.label
     );
-}
-
-fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn alive(pid: u32) -> bool {

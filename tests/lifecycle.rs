@@ -26,19 +26,6 @@ fn gone(pid: u32) -> bool {
     }
 }
 
-fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Kills a process by PID when the test ends, pass or fail.
 struct KillOnDrop(u32);
 

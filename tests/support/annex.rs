@@ -1118,17 +1118,8 @@ impl Drop for RemoteDaemon<'_> {
 // ---------------------------------------------------------------------------
 // Test data
 
-/// Deterministic pseudo-random bytes (xorshift64*), so content is not
-/// compressible and differs between files.
+/// Deterministic pseudo-random bytes, so content is not compressible and
+/// differs between files.
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    super::random_bytes(len, seed)
 }

@@ -252,3 +252,17 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         first.unwrap_or(got.len().min(want.len()))
     );
 }
+
+/// Poll `cond` until it holds or `within` has passed; says which.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
