@@ -162,6 +162,8 @@ pub fn serve(
 ) -> Result<(), Error> {
     let signals = sys::signal_pipe().map_err(|e| Error::io("cannot set up signal handling", e))?;
     let watch = Watch::new(socket)?;
+    // Set up before "listening on", which tells the world we are ready.
+    let control = opts.control.as_deref().and_then(|p| Control::bind(p, &log));
     for l in &listeners {
         l.set_nonblocking()
             .map_err(|e| Error::io("cannot set up the listening socket", e))?;
@@ -184,7 +186,6 @@ pub fn serve(
             .join(","),
         socket.display()
     );
-    let control = opts.control.as_deref().and_then(|p| Control::bind(p, &log));
     let socket: Arc<PathBuf> = Arc::new(socket.to_path_buf());
     let registry = Arc::new(Registry::default());
     let mut backoff = false;
