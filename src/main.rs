@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod listen;
 mod log;
+mod mover;
 mod net;
 mod relay;
 mod sys;
