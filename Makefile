@@ -15,7 +15,7 @@ BIN = target/release/p2p-annex
 # Where the tests and the demo put a git-annex from PyPI when none is on PATH.
 GIT_ANNEX_DIR = target/git-annex
 
-.PHONY: all install uninstall check lint-man demo clean git-annex
+.PHONY: all install uninstall check lint-man demo bench clean git-annex
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
@@ -50,6 +50,12 @@ lint-man:
 # Two throwaway repositories syncing a file over tcp on loopback.
 demo: all git-annex
 	tests/tools/demo.sh $(BIN) $(GIT_ANNEX_DIR)
+
+# p2p-annex against socat helpers, side by side; writes target/bench/results.md
+# (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a
+# quick look with smaller sizes.
+bench:
+	tests/bench/bench.sh
 
 clean:
 	$(CARGO) clean
