@@ -25,10 +25,11 @@ use std::os::fd::BorrowedFd;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-/// Bytes per read on the read/write path. Big enough that a GiB costs few
-/// system calls; allocated only when this path is taken, so idle
-/// connections and spliced ones do not pay for it.
-const COPY_BUF: usize = 128 * 1024;
+/// Bytes per read on the read/write path: 16384 reads per GiB. 128 KiB
+/// and 256 KiB were no faster on the benchmark chain (BENCHMARKS.md).
+/// Allocated only when this path is taken, so idle connections and
+/// spliced ones do not pay for it.
+const COPY_BUF: usize = 64 * 1024;
 
 /// What one step did.
 pub enum Step {
@@ -149,9 +150,9 @@ mod splice {
 
     /// Our own pipe between two sockets starts at the kernel's default
     /// size (16 pages). A batch that fills it is bulk data: the pipe then
-    /// grows to this, once, for fewer system calls per GiB (measured: a
-    /// 64 KiB pipe took 1.7x the wall time and CPU of a 256 KiB one on the
-    /// benchmark chain; 1 MiB was no better). Idle and chatty connections
+    /// grows to this, once, for fewer system calls per GiB (measured on
+    /// the benchmark chain: with 64 KiB the listener used three times the
+    /// CPU and the chain took 1.7 times as long; 1 MiB was no better). Idle and chatty connections
     /// keep small pipes: pipe pages count against a per-user limit
     /// (pipe-user-pages-soft, 64 MiB), past which every new pipe of the
     /// user, git-annex's too, gets only 2 pages. Best effort: a failure

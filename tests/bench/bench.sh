@@ -3,7 +3,8 @@
 # one run (`make bench`). Not part of `make check`: it times things.
 #
 # usage: tests/bench/bench.sh [REPORT]
-#   REPORT       where the markdown results go (default target/bench/results.md)
+#   REPORT       where the markdown results go (default target/bench/results.md;
+#                every single measurement goes beside it, as .tsv)
 # environment:
 #   QUICK=1      smaller sizes (1 GiB chain, 64 MiB file) for a quick look
 #   REPS=N       runs of each variant, alternately (default 3); medians reported
@@ -72,7 +73,7 @@ if [ -n "${BEFORE:-}" ]; then [ -x "$BEFORE" ] || die "BEFORE=$BEFORE is not exe
 if git-annex p2p --help 2>&1 | grep -q -- --enable; then
 	ANNEX_BIN=$(dirname "$(command -v git-annex)")
 else
-	say "installing git-annex into $TARGET/git-annex (PyPI)"
+	say "git-annex from $TARGET/git-annex (installed from PyPI if missing)"
 	ANNEX_BIN=$("$ROOT/tests/tools/install-git-annex.sh" "$TARGET/git-annex")
 	export MAGIC=$TARGET/git-annex/py/git_annex/magic.mgc
 fi
@@ -240,13 +241,15 @@ memory_run() { # VARIANT LISTEN-COMMAND...
 	py waitlisten "$port"
 	sleep 0.3 # let it settle: nothing to wait for, it is idle
 	idle=$(py mem "$pid")
-	rm -f "$WORK/idle.out"
-	python3 "$TOOL" idle "$port" "$IDLE_CONNS" "$count" 2 >"$WORK/idle.out" &
+	rm -f "$WORK/idle.out" "$WORK/idle.stop"
+	python3 "$TOOL" idle "$port" "$IDLE_CONNS" "$count" "$WORK/idle.stop" >"$WORK/idle.out" &
 	local client=$!
+	PIDS+=("$client")
 	wait_lines "$WORK/idle.out" 1
 	pids=$(py descendants "$pid")
 	# shellcheck disable=SC2086 # a list of pids
 	busy=$(py mem $pids)
+	touch "$WORK/idle.stop"
 	wait "$client"
 	# shellcheck disable=SC2086 # a list of pids; socat's children too
 	kill $pids "$hold" 2>/dev/null || true
@@ -376,7 +379,8 @@ for v in "${ANNEX_VARIANTS[@]}"; do
 	annex "$A" p2p --enable "${NET[$v]}" >/dev/null
 done
 annex "$A" remotedaemon
-(umask 077 && annex "$A" p2p --gen-addresses >"$WORK/addresses")
+# Its warning that the lines hold secrets goes to stderr: they stay in $WORK.
+(umask 077 && annex "$A" p2p --gen-addresses >"$WORK/addresses" 2>/dev/null)
 
 say "git-annex: one repository per variant"
 for v in "${ANNEX_VARIANTS[@]}"; do
@@ -441,5 +445,6 @@ mkdir -p "$(dirname "$REPORT")"
 	echo "- sizes: chain $CHAIN_SIZE per run; $NFILES files of $SMALL_SIZE bytes; one file of $BIG_SIZE; $REPS runs of each variant, alternately"
 	py report "$RES"
 } >"$REPORT"
+cp "$RES" "${REPORT%.md}.tsv"
 cat "$REPORT"
-say "report written to $REPORT"
+say "report written to $REPORT (every measurement in ${REPORT%.md}.tsv)"

@@ -17,7 +17,7 @@ benchmark lives in bench.sh. Standard library only.
     benchtool.py waitlisten PORT              wait until something listens on PORT
     benchtool.py closer PORTFILE              TCP server that closes each connection at once
     benchtool.py startup N RESULTS NAME=CMD...  time N runs of each command, alternately
-    benchtool.py idle PORT N COUNTFILE HOLDSECS open N idle connections, hold them
+    benchtool.py idle PORT N COUNTFILE STOPFILE  open N idle connections, hold them
     benchtool.py report RESULTS               the markdown tables of RESULTS
 """
 
@@ -294,26 +294,33 @@ def startup(args):
 def idle(args):
     """Open N connections to 127.0.0.1:PORT, each sending one short line
     (as git-annex's AUTH would), wait until the unix side counted them
-    (COUNTFILE from `hold`), print ready, hold them HOLDSECS."""
-    port, n, countfile, holdsecs = int(args[0]), int(args[1]), args[2], float(args[3])
+    (COUNTFILE from `hold`), print ready, and hold them until STOPFILE
+    exists."""
+    port, n, countfile, stopfile = int(args[0]), int(args[1]), args[2], args[3]
     conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
     for c in conns:
         c.sendall(b"AUTH 00000000-0000-0000-0000-000000000000 token\n")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with open(countfile) as f:
-                if int(f.read().strip() or 0) >= n:
-                    break
-        except FileNotFoundError:
-            pass
-        if time.monotonic() > deadline:
-            die("the listener did not pass %d connections on within 30 s" % n)
-        time.sleep(0.01)
+    wait_for(lambda: count_in(countfile) >= n, "the listener to pass %d connections on" % n)
     print("ready", flush=True)
-    time.sleep(holdsecs)
+    wait_for(lambda: os.path.exists(stopfile), "the stop file")
     for c in conns:
         c.close()
+
+
+def count_in(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(cond, what, secs=60):
+    deadline = time.monotonic() + secs
+    while not cond():
+        if time.monotonic() > deadline:
+            die("gave up waiting for %s after %d s" % (what, secs))
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------
@@ -328,8 +335,14 @@ TITLES = {
     "big": "git annex get of one big file",
 }
 
-# Ratios are printed for `ours` against these, where present.
+# Rows in this order; ratios are printed for `ours` against the anchors.
+ORDER = ["ours", "ours-static", "ours-rw", "ours-before", "socat", "socat-nodelay",
+         "unix-sockets", "none", "tcp-only"]
 ANCHORS = ["socat", "socat-nodelay", "none", "tcp-only", "unix-sockets", "ours-rw", "ours-before"]
+
+
+def order_key(variant):
+    return ORDER.index(variant) if variant in ORDER else len(ORDER)
 
 
 def report(args):
@@ -350,16 +363,24 @@ def report(args):
             b["values"].setdefault((variant, metric), []).append(float(value))
     out = []
     for bench, b in benches.items():
-        metrics, variants, values = b["metrics"], b["variants"], b["values"]
+        metrics, values = b["metrics"], b["values"]
+        variants = sorted(b["variants"], key=order_key)
         med = {k: statistics.median(v) for k, v in values.items()}
         runs = max(len(v) for v in values.values())
         out.append("\n### %s\n" % TITLES.get(bench, bench))
         out.append("Medians of %d run%s each." % (runs, "" if runs == 1 else "s"))
         out.append("")
-        out.append("| variant | " + " | ".join(metrics) + " |")
-        out.append("|---" * (len(metrics) + 1) + "|")
+        # The spread of the first metric, so noise is visible.
+        first = metrics[0]
+        spread = runs > 1
+        head = metrics + (["%s min–max" % first] if spread else [])
+        out.append("| variant | " + " | ".join(head) + " |")
+        out.append("|---" * (len(head) + 1) + "|")
         for v in variants:
             cells = [fmt(med[(v, m)]) if (v, m) in med else "" for m in metrics]
+            if spread:
+                vals = values.get((v, first), [])
+                cells.append("%s–%s" % (fmt(min(vals)), fmt(max(vals))) if vals else "")
             out.append("| %s | %s |" % (v, " | ".join(cells)))
         if "ours" in variants:
             for a in ANCHORS:
@@ -369,6 +390,8 @@ def report(args):
                 for m in metrics:
                     o, x = med.get(("ours", m)), med.get((a, m))
                     cells.append("%.2f" % (o / x) if o is not None and x else "")
+                if spread:
+                    cells.append("")
                 if any(cells):
                     out.append("| *ours ÷ %s* | %s |" % (a, " | ".join(cells)))
     print("\n".join(out))
