@@ -150,13 +150,14 @@ mod splice {
 
     /// Our own pipe between two sockets starts at the kernel's default
     /// size (16 pages). A batch that fills it is bulk data: the pipe then
-    /// grows to this, once, for fewer system calls per GiB (measured on
-    /// the benchmark chain: with 64 KiB the listener used three times the
-    /// CPU and the chain took 1.7 times as long; 1 MiB was no better). Idle and chatty connections
-    /// keep small pipes: pipe pages count against a per-user limit
-    /// (pipe-user-pages-soft, 64 MiB), past which every new pipe of the
-    /// user, git-annex's too, gets only 2 pages. Best effort: a failure
-    /// keeps the pipe as it is.
+    /// grows to BULK_PIPE, once, for fewer system calls and wake-ups per
+    /// GiB. Measured on the benchmark chain (BENCHMARKS.md): with 64 KiB
+    /// the listener used 1.6 to 3 times the CPU and the chain took 1.5 to
+    /// 1.7 times as long as with 256 KiB; 1 MiB was not clearly better.
+    /// Idle and chatty connections keep small pipes: pipe pages count
+    /// against a per-user limit (pipe-user-pages-soft, 64 MiB), past which
+    /// every new pipe of the user, git-annex's too, gets only 2 pages.
+    /// Best effort: a failure keeps the pipe as it is.
     const DEFAULT_PIPE: usize = 64 * 1024;
     const BULK_PIPE: usize = 256 * 1024;
 
