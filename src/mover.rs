@@ -187,12 +187,18 @@ mod splice {
             Ok(Pipe { r, w, grown: false })
         }
 
-        /// After a batch of `n` bytes: grow the pipe once bulk data flows.
-        fn note_batch(&mut self, n: usize) {
-            if n >= DEFAULT_PIPE && !self.grown {
-                self.grown = true;
-                let _ = fcntl(&self.w, FcntlArg::F_SETPIPE_SZ(BULK_PIPE as i32));
+        /// After a batch of `n` bytes: grow the pipe once bulk data flows,
+        /// that is when a batch filled it. A full pipe can hold much less
+        /// than its nominal size (a slot per socket buffer fragment, and
+        /// fragments can be small), so a batch that left the source still
+        /// readable counts as full too. Until the pipe has grown, that
+        /// costs one poll per batch.
+        fn note_batch(&mut self, n: usize, src: BorrowedFd<'_>) {
+            if self.grown || (n < DEFAULT_PIPE && !readable_now(src)) {
+                return;
             }
+            self.grown = true;
+            let _ = fcntl(&self.w, FcntlArg::F_SETPIPE_SZ(BULK_PIPE as i32));
         }
     }
 
@@ -235,7 +241,7 @@ mod splice {
                 Splice::Piped(Some(pipe)) => {
                     let result = piped(src, dst, pipe.r.as_fd(), pipe.w.as_fd());
                     if let Ok(Ok(Step::Moved(n))) = result {
-                        pipe.note_batch(n);
+                        pipe.note_batch(n, src);
                     }
                     result
                 }
@@ -246,6 +252,11 @@ mod splice {
                 }
             }
         }
+    }
+
+    fn readable_now(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
     /// EINVAL: this pair of descriptors cannot be spliced (a file system or

@@ -188,8 +188,11 @@ rotate() { # N ITEM...
 	printf '%s\n' "${@:n+1}" "${@:1:n}"
 }
 
+# Arithmetic on decimals (awk: bc is not on every machine).
+calc() { awk "BEGIN { printf \"%.6f\\n\", $1 }"; }
+
 secs_since() { # START (from date +%s.%N)
-	echo "$(date +%s.%N) - $1" | bc
+	calc "$(date +%s.%N) - $1"
 }
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -332,11 +335,11 @@ chain_run() { # VARIANT SIZE
 	read -r bytes secs < <(sed -n "${n}p" "$res")
 	[ "$bytes" = "$want" ] || die "$v: the sink got $bytes bytes, not $want"
 	rec chain "$v" wall_s "$secs"
-	rec chain "$v" MB_per_s "$(echo "$bytes / $secs / 1000000" | bc -l)"
+	rec chain "$v" MB_per_s "$(calc "$bytes / $secs / 1000000")"
 	if [ -n "$cc" ]; then
-		rec chain "$v" cpu_s_per_GiB "$(echo "($cc + $c1 - $c0) * 1073741824 / $bytes" | bc -l)"
+		rec chain "$v" cpu_s_per_GiB "$(calc "($cc + $c1 - $c0) * 1073741824 / $bytes")"
 		rec chain "$v" connect_cpu_s "$cc"
-		rec chain "$v" listen_cpu_s "$(echo "$c1 - $c0" | bc -l)"
+		rec chain "$v" listen_cpu_s "$(calc "$c1 - $c0")"
 	fi
 }
 # One untimed run of each first: the first run after start-up pays for
