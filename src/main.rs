@@ -11,6 +11,7 @@ mod error;
 mod listen;
 mod log;
 mod md5;
+mod mover;
 mod net;
 mod procs;
 mod relay;

@@ -14,8 +14,9 @@
 //!
 //! Each direction polls its source for input and its sink for hang-up, plus
 //! a wake-up pipe through which the other direction tells it to drain or
-//! abort. No byte is dropped or reordered: every byte read is written out
-//! in order before the next read.
+//! abort. No byte is dropped or reordered: every batch taken from the source
+//! is handed to the sink in order before the next poll. How a batch moves
+//! (splice(2) or read/write) is mover.rs's business.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,11 +26,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{Shutdown, shutdown};
 
+use crate::mover::{Failure, Mover, Step};
 use crate::sys;
-
-/// Bytes moved per read. Big enough that a GiB costs few system calls, small
-/// enough that 100 connections stay cheap (two buffers each).
-const BUF_SIZE: usize = 64 * 1024;
 
 /// Stack of the second direction's thread: it only runs `pump`.
 const THREAD_STACK: usize = 64 * 1024;
@@ -202,7 +200,7 @@ fn direction(
 }
 
 fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Ending> {
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut mover = Mover::choose(src.reader(), dst.writer());
     let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
     loop {
         let state = link.state();
@@ -247,43 +245,21 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Endi
         if src_ev.is_empty() {
             continue; // only the wake-up pipe: recheck the state
         }
-        let n = match nix::unistd::read(src.reader(), &mut buf) {
-            Ok(0) => {
+        // One batch: every byte taken from the source reaches the sink
+        // before the next poll, so nothing is held back when we stop.
+        match mover.step(src.reader(), dst.writer()) {
+            Ok(Step::Moved(n)) => {
+                moved.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok(Step::Again) => continue,
+            Ok(Step::Eof) => {
                 // EOF: pass it on; the other direction keeps going.
                 dst.close_write();
                 return Ok(Ending::Done);
             }
-            Ok(n) => n,
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        match write_all(dst.writer(), &buf[..n]) {
-            Ok(()) => {
-                moved.fetch_add(n as u64, Ordering::Relaxed);
-            }
             // The reader went away: nobody wants these bytes any more.
-            Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return Ok(Ending::SinkGone),
-            Err(e) => return Err(e.into()),
+            Err(Failure::Sink(Errno::EPIPE | Errno::ECONNRESET)) => return Ok(Ending::SinkGone),
+            Err(Failure::Source(e) | Failure::Sink(e)) => return Err(e.into()),
         }
     }
-}
-
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(n) => data = &data[n..],
-            Err(Errno::EINTR) => continue,
-            // A non-blocking sink (a descriptor shared with a parent that set
-            // O_NONBLOCK): wait until it takes more.
-            Err(Errno::EAGAIN) => {
-                let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) | Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -22,14 +22,25 @@ fn peer<T: Send + 'static>(
 }
 
 #[test]
-fn relays_64_mib_both_ways_at_once_byte_exact() {
+fn relays_64_mib_both_ways_at_once_byte_exact_splice() {
+    relays_64_mib_both_ways_at_once_byte_exact(CopyPath::Splice);
+}
+
+#[test]
+fn relays_64_mib_both_ways_at_once_byte_exact_read_write() {
+    relays_64_mib_both_ways_at_once_byte_exact(CopyPath::ReadWrite);
+}
+
+fn relays_64_mib_both_ways_at_once_byte_exact(path: CopyPath) {
     const SIZE: usize = 64 << 20;
-    let home = TempDir::new("both-ways");
+    let home = TempDir::new(&format!("both-ways-{}", path.tag()));
     let to_peer = random_bytes(SIZE, 1);
     let from_peer = random_bytes(SIZE, 2);
     let reply = from_peer.clone();
     // The peer writes its whole reply while reading ours, on two threads,
-    // so both directions are busy at the same time.
+    // so both directions are busy at the same time, and it shuts its write
+    // side as soon as its reply is out, usually long before our 64 MiB have
+    // all arrived: the half-close must not cut our direction short.
     let (port, peer) = peer(move |stream| {
         let mut writer = stream.try_clone().expect("clone");
         let w = thread::spawn(move || {
@@ -42,7 +53,7 @@ fn relays_64_mib_both_ways_at_once_byte_exact() {
         got
     });
     let mut child = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
@@ -63,8 +74,17 @@ fn relays_64_mib_both_ways_at_once_byte_exact() {
 }
 
 #[test]
-fn half_close_the_peer_sees_our_eof_and_still_answers() {
-    let home = TempDir::new("half-close");
+fn half_close_the_peer_sees_our_eof_and_still_answers_splice() {
+    half_close_the_peer_sees_our_eof_and_still_answers(CopyPath::Splice);
+}
+
+#[test]
+fn half_close_the_peer_sees_our_eof_and_still_answers_read_write() {
+    half_close_the_peer_sees_our_eof_and_still_answers(CopyPath::ReadWrite);
+}
+
+fn half_close_the_peer_sees_our_eof_and_still_answers(path: CopyPath) {
+    let home = TempDir::new(&format!("half-close-{}", path.tag()));
     let request = random_bytes(300_000, 3);
     // The peer answers only after our EOF, with a reply derived from all
     // of the request: proof that the EOF came after every byte.
@@ -75,7 +95,7 @@ fn half_close_the_peer_sees_our_eof_and_still_answers() {
         stream.write_all(&reply).expect("peer reply");
     });
     let mut child = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
@@ -95,6 +115,37 @@ fn half_close_the_peer_sees_our_eof_and_still_answers() {
     assert_same_bytes(&got, &want, "reply after half-close");
     peer.join().expect("peer");
     assert!(child.expect_exit(DEADLINE).success());
+}
+
+#[test]
+fn regular_files_as_stdin_and_stdout() {
+    // Neither end can be spliced straight to a socket here: the relay must
+    // pick read/write for them, and still deliver every byte.
+    let home = TempDir::new("files");
+    let request = random_bytes(3 << 20, 4);
+    let input = home.path().join("in");
+    let output = home.path().join("out");
+    std::fs::write(&input, &request).expect("write input file");
+    let (port, peer) = peer(|mut stream| {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).expect("peer read");
+        let reply: Vec<u8> = got.iter().rev().copied().collect();
+        stream.write_all(&reply).expect("peer reply");
+    });
+    let mut child = Proc::spawn(
+        p2p(home.path())
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .stdin(std::fs::File::open(&input).expect("open input"))
+            .stdout(std::fs::File::create(&output).expect("create output")),
+    );
+    peer.join().expect("peer");
+    assert!(child.expect_exit(DEADLINE).success());
+    let want: Vec<u8> = request.iter().rev().copied().collect();
+    assert_same_bytes(
+        &std::fs::read(&output).expect("read output file"),
+        &want,
+        "file → peer → file",
+    );
 }
 
 #[test]
@@ -192,8 +243,17 @@ fn connect_timeout_is_honoured() {
 }
 
 #[test]
-fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle() {
-    let home = TempDir::new("stdout-closed");
+fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle_splice() {
+    exits_when_the_parent_closes_stdout_while_the_peer_is_idle(CopyPath::Splice);
+}
+
+#[test]
+fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle_read_write() {
+    exits_when_the_parent_closes_stdout_while_the_peer_is_idle(CopyPath::ReadWrite);
+}
+
+fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle(path: CopyPath) {
+    let home = TempDir::new(&format!("stdout-closed-{}", path.tag()));
     // The peer accepts and then says nothing, like an idle remotedaemon peer.
     let (port, peer) = peer(|mut stream| {
         let mut sink = Vec::new();
@@ -201,7 +261,7 @@ fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle() {
         sink
     });
     let mut child = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
@@ -222,14 +282,23 @@ fn exits_when_the_parent_closes_stdout_while_the_peer_is_idle() {
 }
 
 #[test]
-fn exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle() {
-    let home = TempDir::new("both-closed");
+fn exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle_splice() {
+    exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle(CopyPath::Splice);
+}
+
+#[test]
+fn exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle_read_write() {
+    exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle(CopyPath::ReadWrite);
+}
+
+fn exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle(path: CopyPath) {
+    let home = TempDir::new(&format!("both-closed-{}", path.tag()));
     let (port, peer) = peer(|mut stream| {
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink);
     });
     let mut child = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
@@ -246,8 +315,17 @@ fn exits_when_the_parent_closes_both_pipes_while_the_peer_is_idle() {
 }
 
 #[test]
-fn a_peer_reset_mid_transfer_exits_non_zero() {
-    let home = TempDir::new("reset");
+fn a_peer_reset_mid_transfer_exits_non_zero_splice() {
+    a_peer_reset_mid_transfer_exits_non_zero(CopyPath::Splice);
+}
+
+#[test]
+fn a_peer_reset_mid_transfer_exits_non_zero_read_write() {
+    a_peer_reset_mid_transfer_exits_non_zero(CopyPath::ReadWrite);
+}
+
+fn a_peer_reset_mid_transfer_exits_non_zero(path: CopyPath) {
+    let home = TempDir::new(&format!("reset-{}", path.tag()));
     let (port, peer) = peer(|stream| {
         let mut buf = [0u8; 1000];
         let _ = (&stream).read(&mut buf);
@@ -263,7 +341,7 @@ fn a_peer_reset_mid_transfer_exits_non_zero() {
         .expect("linger");
     });
     let mut child = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

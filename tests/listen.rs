@@ -18,13 +18,13 @@ struct Setup {
     port: u16,
 }
 
-fn start_tcp_listener(tag: &str) -> Setup {
-    let home = TempDir::new(tag);
+fn start_tcp_listener(tag: &str, path: CopyPath) -> Setup {
+    let home = TempDir::new(&format!("{tag}-{}", path.tag()));
     let socket = home.path().join("annex.sock");
     reversing_server(&socket);
     let port = free_port();
     let mut listener = Proc::spawn_logged(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{port}")])
             .arg(&socket)
             .stdin(Stdio::null()),
@@ -38,8 +38,17 @@ fn start_tcp_listener(tag: &str) -> Setup {
 }
 
 #[test]
-fn serves_connections_in_sequence() {
-    let mut s = start_tcp_listener("sequence");
+fn serves_connections_in_sequence_splice() {
+    serves_connections_in_sequence(CopyPath::Splice);
+}
+
+#[test]
+fn serves_connections_in_sequence_read_write() {
+    serves_connections_in_sequence(CopyPath::ReadWrite);
+}
+
+fn serves_connections_in_sequence(path: CopyPath) {
+    let mut s = start_tcp_listener("sequence", path);
     for i in 0..20 {
         let data = random_bytes(10_000 + i * 997, i as u64);
         let stream = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
@@ -58,8 +67,17 @@ fn serves_connections_in_sequence() {
 }
 
 #[test]
-fn serves_connections_in_parallel() {
-    let s = start_tcp_listener("parallel");
+fn serves_connections_in_parallel_splice() {
+    serves_connections_in_parallel(CopyPath::Splice);
+}
+
+#[test]
+fn serves_connections_in_parallel_read_write() {
+    serves_connections_in_parallel(CopyPath::ReadWrite);
+}
+
+fn serves_connections_in_parallel(path: CopyPath) {
+    let s = start_tcp_listener("parallel", path);
     let clients: Vec<_> = (0..16)
         .map(|i| {
             let port = s.port;
@@ -144,12 +162,21 @@ fn bind_setting_overrides_the_address_host() {
 }
 
 #[test]
-fn connect_and_listen_chain_relays_64_mib_byte_exact() {
-    let s = start_tcp_listener("chain");
-    let home = TempDir::new("chain-client");
+fn connect_and_listen_chain_relays_64_mib_byte_exact_splice() {
+    connect_and_listen_chain_relays_64_mib_byte_exact(CopyPath::Splice);
+}
+
+#[test]
+fn connect_and_listen_chain_relays_64_mib_byte_exact_read_write() {
+    connect_and_listen_chain_relays_64_mib_byte_exact(CopyPath::ReadWrite);
+}
+
+fn connect_and_listen_chain_relays_64_mib_byte_exact(path: CopyPath) {
+    let s = start_tcp_listener("chain", path);
+    let home = TempDir::new(&format!("chain-client-{}", path.tag()));
     let data = random_bytes(64 << 20, 7);
     let mut client = Proc::spawn(
-        p2p(home.path())
+        path.apply(&mut p2p(home.path()))
             .args(["tcp", &format!("127.0.0.1:{}", s.port)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
@@ -172,6 +199,60 @@ fn connect_and_listen_chain_relays_64_mib_byte_exact() {
         "through connect → listen → unix socket",
     );
     assert!(client.expect_exit(DEADLINE).success());
+}
+
+/// The pipe descriptors a tcp listener holds while one connection, which
+/// has carried bytes both ways, is open.
+fn pipes_during_a_connection(path: CopyPath) -> usize {
+    let home = TempDir::new(&format!("pipes-{}", path.tag()));
+    let socket = home.path().join("annex.sock");
+    let server = UnixListener::bind(&socket).expect("bind unix socket");
+    // Echoes four bytes at once, then holds the connection until EOF.
+    let echo = thread::spawn(move || {
+        let (mut conn, _) = server.accept().expect("accept");
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).expect("echo read");
+        conn.write_all(&buf).expect("echo write");
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+    let port = free_port();
+    let mut listener = Proc::spawn_logged(
+        path.apply(&mut p2p(home.path()))
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .arg(&socket),
+    );
+    listener.wait_for_stderr("listening on", DEADLINE);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(b"ping").expect("send");
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+    // A direction makes its pipe before it moves its first byte, so both
+    // exist now.
+    let pipes = std::fs::read_dir(format!("/proc/{}/fd", listener.pid()))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count();
+    drop(stream);
+    echo.join().expect("echo server");
+    pipes
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn splice_puts_a_pipe_in_each_direction_and_the_switch_turns_it_off() {
+    let spliced = pipes_during_a_connection(CopyPath::Splice);
+    let copied = pipes_during_a_connection(CopyPath::ReadWrite);
+    // Between two sockets, each direction splices through a pipe of its
+    // own (two descriptors); the read/write path needs none.
+    assert_eq!(
+        spliced,
+        copied + 4,
+        "pipe descriptors with splice: {spliced}, with P2P_ANNEX_NO_SPLICE=1: {copied}"
+    );
 }
 
 mod unix_sockets {
@@ -206,8 +287,17 @@ mod unix_sockets {
     }
 
     #[test]
-    fn connect_through_listen_to_the_socket() {
-        let home = TempDir::new("us-relay");
+    fn connect_through_listen_to_the_socket_splice() {
+        connect_through_listen_to_the_socket(CopyPath::Splice);
+    }
+
+    #[test]
+    fn connect_through_listen_to_the_socket_read_write() {
+        connect_through_listen_to_the_socket(CopyPath::ReadWrite);
+    }
+
+    fn connect_through_listen_to_the_socket(path: CopyPath) {
+        let home = TempDir::new(&format!("us-relay-{}", path.tag()));
         let dir = home.path().join("net");
         std::fs::create_dir(&dir).expect("mkdir");
         let socket: PathBuf = home.path().join("annex.sock");
@@ -218,7 +308,7 @@ mod unix_sockets {
         let mut cmd = p2p(home.path());
         cmd.args(["unix-sockets", &token]).arg(&socket);
         dir_config(&mut cmd, &dir);
-        let mut listener = Proc::spawn_logged(&mut cmd);
+        let mut listener = Proc::spawn_logged(path.apply(&mut cmd));
         listener.wait_for_stderr("listening on", DEADLINE);
 
         let data = random_bytes(3 << 20, 11);
@@ -226,7 +316,7 @@ mod unix_sockets {
         let mut cmd = helper(&link, home.path());
         cmd.arg(&token).stdin(Stdio::piped()).stdout(Stdio::piped());
         dir_config(&mut cmd, &dir);
-        let mut client = Proc::spawn(&mut cmd);
+        let mut client = Proc::spawn(path.apply(&mut cmd));
         let mut stdin = client.child.stdin.take().expect("stdin");
         let input = data.clone();
         let feeder = thread::spawn(move || stdin.write_all(&input).expect("feed"));

@@ -81,6 +81,32 @@ fn isolate(cmd: &mut Command, home: &Path) {
         .current_dir(home);
 }
 
+/// How the binary under test moves bytes: splice(2), its default on Linux,
+/// or the portable read/write path that `P2P_ANNEX_NO_SPLICE=1` forces.
+/// The relay tests that move many bytes run on both.
+#[derive(Clone, Copy, Debug)]
+pub enum CopyPath {
+    Splice,
+    ReadWrite,
+}
+
+impl CopyPath {
+    pub fn apply(self, cmd: &mut Command) -> &mut Command {
+        match self {
+            CopyPath::Splice => cmd.env_remove("P2P_ANNEX_NO_SPLICE"),
+            CopyPath::ReadWrite => cmd.env("P2P_ANNEX_NO_SPLICE", "1"),
+        }
+    }
+
+    /// For temporary directory names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            CopyPath::Splice => "splice",
+            CopyPath::ReadWrite => "rw",
+        }
+    }
+}
+
 /// Add one-off git config entries through git's own environment variables.
 pub fn with_config(cmd: &mut Command, entries: &[(&str, &str)]) {
     cmd.env("GIT_CONFIG_COUNT", entries.len().to_string());
