@@ -75,7 +75,9 @@ fn connect(transport: Transport, cfg: &Config, address: &str) -> Result<OwnedFd,
     match transport {
         Transport::Tcp => {
             let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            let stream = tcp::connect(&HostPort::parse(&address)?, timeout.min(REACH_TIMEOUT))?;
+            let stream = tcp::connect(&HostPort::parse(&address)?, || {
+                Ok(timeout.min(REACH_TIMEOUT))
+            })?;
             Ok(stream.into())
         }
         Transport::Socks => {

@@ -58,6 +58,14 @@ impl Transport {
 
 /// Run one mode of one netname.
 pub fn run(netname: &str, mode: Mode) -> Result<(), Error> {
+    // The built-in tcp network's connect mode reads configuration only if
+    // the connection does not come up at once (see tcp::connect).
+    if let (Mode::Connect(address), "tcp") = (&mode, netname) {
+        let target = HostPort::parse(&decode(address)?)?;
+        let timeout =
+            || tcp::connect_timeout(&Config::load(netname)?, tcp::DEFAULT_CONNECT_TIMEOUT);
+        return relay_stdio(End::Socket(tcp::connect(&target, timeout)?.into()));
+    }
     let mut cfg = Config::load(netname)?;
     let transport = Transport::for_netname(&cfg)?;
     match mode {
@@ -77,7 +85,7 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
         Transport::Tcp => {
             let target = HostPort::parse(&address)?;
             let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            End::Socket(tcp::connect(&target, timeout)?.into())
+            End::Socket(tcp::connect(&target, || Ok(timeout))?.into())
         }
         Transport::Socks => {
             let target = HostPort::parse(&address)?;
@@ -86,6 +94,11 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
         }
         Transport::UnixSockets => End::Socket(unix::connect(&unix::path(cfg, &address)?)?.into()),
     };
+    relay_stdio(peer)
+}
+
+/// Connect mode's relay: our stdin and stdout to the peer.
+fn relay_stdio(peer: End) -> Result<(), Error> {
     let outcome = relay::run(&End::Stdio, &peer).map_err(Error::Relay)?;
     match outcome.error {
         None => Ok(()),

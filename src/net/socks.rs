@@ -120,7 +120,7 @@ pub fn connect(s: &Settings, target: &HostPort) -> Result<OwnedFd, Error> {
         .map_err(|e| Error::Usage(format!("cannot use {target} through a SOCKS proxy: {e}")))?;
     let deadline = Instant::now() + s.timeout;
     let sock = match &s.proxy {
-        Proxy::Tcp(hp) => tcp::connect(hp, s.timeout)
+        Proxy::Tcp(hp) => tcp::connect(hp, || Ok(s.timeout))
             .map(OwnedFd::from)
             .map_err(|e| match e {
                 Error::Connect { target, cause } => Error::Connect {
