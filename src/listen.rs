@@ -117,6 +117,10 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// Netname and address, as `status` shows them.
     pub label: String,
+    /// Close connections that moved no byte for this long. None by default:
+    /// remotedaemon keeps idle connections open on purpose (DESIGN.md), and
+    /// TCP keepalive finds peers that are gone.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Options {
@@ -148,6 +152,8 @@ impl Options {
             allow,
             control: None,
             label: format!("{}\t-", cfg.netname()),
+            idle_timeout: Some(cfg.duration("idle-timeout", Duration::ZERO)?)
+                .filter(|d| !d.is_zero()),
         })
     }
 }
@@ -228,6 +234,9 @@ pub fn serve(
         }
         if let Some(gone) = watch.check() {
             break 'serve gone;
+        }
+        if let Some(limit) = opts.idle_timeout {
+            registry.close_idle(limit, &log);
         }
         if ready == 0 {
             backoff = false;
@@ -386,6 +395,10 @@ struct Open {
     peer: String,
     since: SystemTime,
     progress: Arc<Progress>,
+    /// Bytes moved at the last look, and when that count last changed.
+    seen: (u64, Instant),
+    /// Shut down for being idle; its relay is winding down.
+    idled: bool,
 }
 
 impl Registry {
@@ -405,6 +418,8 @@ impl Registry {
             peer: peer.to_string(),
             since: SystemTime::now(),
             progress: Arc::new(Progress::default()),
+            seen: (0, Instant::now()),
+            idled: false,
         };
         let progress = Arc::clone(&entry.progress);
         open.0 += 1;
@@ -435,6 +450,29 @@ impl Registry {
                 )
             })
             .collect()
+    }
+
+    /// Shut down the connections that moved nothing for `limit`; their
+    /// relays then end and log how.
+    fn close_idle(&self, limit: Duration, log: &Log) {
+        use std::os::fd::AsRawFd;
+        let now = Instant::now();
+        let mut open = self.lock();
+        for o in open.1.values_mut().filter(|o| !o.idled) {
+            let moved = o.progress.a_to_b.load(Ordering::Relaxed)
+                + o.progress.b_to_a.load(Ordering::Relaxed);
+            if moved != o.seen.0 {
+                o.seen = (moved, now);
+            } else if now.duration_since(o.seen.1) >= limit {
+                log.line(format_args!(
+                    "{}: closing: idle for {:.0}s (idle-timeout)",
+                    o.peer,
+                    now.duration_since(o.seen.1).as_secs_f64()
+                ));
+                let _ = shutdown(o.fd.as_raw_fd(), Shutdown::Both);
+                o.idled = true;
+            }
+        }
     }
 
     /// Shut every open connection down and wait up to `grace` for their

@@ -349,3 +349,36 @@ fn bad_limits_are_configuration_errors() {
         assert!(stderr.contains(want), "{stderr}");
     }
 }
+
+#[test]
+fn an_idle_timeout_closes_silent_connections_only_when_configured() {
+    let home = TempDir::new("idle");
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
+    let port = free_port();
+    let mut cmd = p2p(home.path());
+    cmd.args(["tcp", &format!("127.0.0.1:{port}")]).arg(&socket);
+    with_config(&mut cmd, &[("p2p-annex.tcp.idle-timeout", "1s")]);
+    let mut listener = Proc::spawn_logged(&mut cmd);
+    listener.wait_for_stderr("listening on", DEADLINE);
+    // A connection that says nothing is closed after about a second.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = idle.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    let line = listener.wait_for_stderr("idle-timeout", DEADLINE);
+    assert!(line.contains("closing: idle for"), "{line}");
+    // One that keeps talking is not.
+    let busy = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut w = busy.try_clone().expect("clone");
+    for _ in 0..6 {
+        w.write_all(b"x").expect("still open");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(exchange(busy, b"y"), b"yxxxxxx");
+}
