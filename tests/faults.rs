@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,17 +34,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn start_listener(home: &Path, socket: &Path) -> (Proc, u16) {
-    let port = free_port();
-    let mut listener = Proc::spawn_logged(
-        p2p(home)
-            .args(["tcp", &format!("127.0.0.1:{port}")])
-            .arg(socket),
-    );
-    listener.wait_for_stderr("listening on", DEADLINE);
-    (listener, port)
-}
-
 #[test]
 fn a_hundred_concurrent_connections_then_2000_short_ones_leak_nothing() {
     // Injected: load. 100 connections at once, 8 MiB each way each, then
@@ -55,7 +43,7 @@ fn a_hundred_concurrent_connections_then_2000_short_ones_leak_nothing() {
     let home = TempDir::new("load");
     let socket = home.path().join("annex.sock");
     stream_server(&socket);
-    let (listener, port) = start_listener(home.path(), &socket);
+    let (listener, port) = tcp_listener(home.path(), &socket, &[]);
     let pid = listener.pid();
     let (fds_before, threads_before) = (fds(pid), threads(pid));
 
@@ -102,7 +90,7 @@ fn a_peer_reset_mid_transfer_ends_only_its_own_connection() {
     let home = TempDir::new("reset-listener");
     let socket = home.path().join("annex.sock");
     stream_server(&socket);
-    let (mut listener, port) = start_listener(home.path(), &socket);
+    let (mut listener, port) = tcp_listener(home.path(), &socket, &[]);
     // A healthy connection runs beside the one that is reset.
     let healthy = thread::spawn(move || stream_client(port, 7, 16 << 20));
     let victim = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -156,7 +144,7 @@ fn a_slow_reader_keeps_the_relay_memory_flat() {
         }
         total
     });
-    let (listener, port) = start_listener(home.path(), &socket);
+    let (listener, port) = tcp_listener(home.path(), &socket, &[]);
     let pid = listener.pid();
     let baseline = rss_kib(pid);
     let sender = thread::spawn(move || {

@@ -110,13 +110,7 @@ fn the_listener_exits_when_its_socket_file_is_removed_or_replaced() {
         let home = TempDir::new("socket-gone");
         let socket = home.path().join("annex.sock");
         reversing_server(&socket);
-        let port = free_port();
-        let mut listener = Proc::spawn_logged(
-            p2p(home.path())
-                .args(["tcp", &format!("127.0.0.1:{port}")])
-                .arg(&socket),
-        );
-        listener.wait_for_stderr("listening on", DEADLINE);
+        let (mut listener, port) = tcp_listener(home.path(), &socket, &[]);
         std::fs::remove_file(&socket).expect("remove the socket file");
         if replace {
             // A new remotedaemon's socket at the same path: not ours.
@@ -143,13 +137,7 @@ fn stop_signals_end_open_connections_and_exit_0() {
         let home = TempDir::new("signals");
         let socket = home.path().join("annex.sock");
         reversing_server(&socket);
-        let port = free_port();
-        let mut listener = Proc::spawn_logged(
-            p2p(home.path())
-                .args(["tcp", &format!("127.0.0.1:{port}")])
-                .arg(&socket),
-        );
-        listener.wait_for_stderr("listening on", DEADLINE);
+        let (mut listener, port) = tcp_listener(home.path(), &socket, &[]);
         // An open, idle connection (the server waits for our EOF).
         let mut open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         open.write_all(b"pending").expect("write");
@@ -239,12 +227,11 @@ fn connections_beyond_the_cap_are_refused_and_logged() {
     let home = TempDir::new("cap");
     let socket = home.path().join("annex.sock");
     reversing_server(&socket);
-    let port = free_port();
-    let mut cmd = p2p(home.path());
-    cmd.args(["tcp", &format!("127.0.0.1:{port}")]).arg(&socket);
-    with_config(&mut cmd, &[("p2p-annex.tcp.max-connections", "2")]);
-    let mut listener = Proc::spawn_logged(&mut cmd);
-    listener.wait_for_stderr("listening on", DEADLINE);
+    let (mut listener, port) = tcp_listener(
+        home.path(),
+        &socket,
+        &[("p2p-annex.tcp.max-connections", "2")],
+    );
     // Two open connections, held open (the server waits for our EOF).
     let first = TcpStream::connect(("127.0.0.1", port)).expect("connect 1");
     listener.wait_for_stderr("connected", DEADLINE);
@@ -291,18 +278,11 @@ fn the_allow_list_refuses_other_sources_before_touching_the_socket() {
     let home = TempDir::new("allow");
     let socket = home.path().join("annex.sock");
     reversing_server(&socket);
-    let port = free_port();
-    let mut cmd = p2p(home.path());
-    cmd.args(["tcp", &format!("127.0.0.1:{port}")]).arg(&socket);
-    with_config(
-        &mut cmd,
-        &[
-            ("p2p-annex.tcp.allow", "10.0.0.0/8"),
-            ("p2p-annex.tcp.allow", "127.0.0.1"),
-        ],
-    );
-    let mut listener = Proc::spawn_logged(&mut cmd);
-    listener.wait_for_stderr("listening on", DEADLINE);
+    let allow = [
+        ("p2p-annex.tcp.allow", "10.0.0.0/8"),
+        ("p2p-annex.tcp.allow", "127.0.0.1"),
+    ];
+    let (mut listener, port) = tcp_listener(home.path(), &socket, &allow);
     let mut refused = connect_from("127.0.0.2", port);
     refused.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut buf = Vec::new();
@@ -355,12 +335,11 @@ fn an_idle_timeout_closes_silent_connections_only_when_configured() {
     let home = TempDir::new("idle");
     let socket = home.path().join("annex.sock");
     reversing_server(&socket);
-    let port = free_port();
-    let mut cmd = p2p(home.path());
-    cmd.args(["tcp", &format!("127.0.0.1:{port}")]).arg(&socket);
-    with_config(&mut cmd, &[("p2p-annex.tcp.idle-timeout", "1s")]);
-    let mut listener = Proc::spawn_logged(&mut cmd);
-    listener.wait_for_stderr("listening on", DEADLINE);
+    let (mut listener, port) = tcp_listener(
+        home.path(),
+        &socket,
+        &[("p2p-annex.tcp.idle-timeout", "1s")],
+    );
     // A connection that says nothing is closed after about a second.
     let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     idle.set_read_timeout(Some(DEADLINE)).expect("timeout");

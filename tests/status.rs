@@ -49,18 +49,6 @@ fn bytes_in(json: &str) -> Vec<u64> {
         .collect()
 }
 
-fn start_listener(repo: &Path, socket: &Path, extra: &[(&str, &str)]) -> (Proc, u16) {
-    let port = free_port();
-    let mut cmd = p2p(repo);
-    cmd.args(["tcp", &format!("127.0.0.1:{port}")])
-        .arg(socket)
-        .current_dir(repo);
-    with_config(&mut cmd, extra);
-    let mut listener = Proc::spawn_logged(&mut cmd);
-    listener.wait_for_stderr("listening on", DEADLINE);
-    (listener, port)
-}
-
 #[test]
 fn status_shows_an_ongoing_transfer_with_growing_byte_counts() {
     let home = TempDir::new("status-live");
@@ -82,7 +70,7 @@ fn status_shows_an_ongoing_transfer_with_growing_byte_counts() {
         }
         total
     });
-    let (listener, port) = start_listener(&repo, &socket, &[]);
+    let (listener, port) = tcp_listener(&repo, &socket, &[]);
     assert!(status(&repo, false).contains("no connections open"));
 
     const TOTAL: usize = 24 << 20;

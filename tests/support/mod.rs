@@ -292,3 +292,17 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A tcp listener of ours on a free loopback port, relaying to `socket`,
+/// run in `dir` with `config` set; returns once it listens.
+pub fn tcp_listener(dir: &Path, socket: &Path, config: &[(&str, &str)]) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = p2p(dir);
+    cmd.args(["tcp", &format!("127.0.0.1:{port}")])
+        .arg(socket)
+        .current_dir(dir);
+    with_config(&mut cmd, config);
+    let mut listener = Proc::spawn_logged(&mut cmd);
+    listener.wait_for_stderr("listening on", DEADLINE);
+    (listener, port)
+}
