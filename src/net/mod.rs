@@ -121,14 +121,16 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
 }
 
 fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
-    let log = Arc::new(listener_log(cfg));
+    // Asked once: the default log and the status socket live under it.
+    let git_dir = crate::config::git_dir();
+    let log = Arc::new(listener_log(cfg, git_dir.as_deref()));
     log.line(format_args!(
         "starting p2p-annex {} for {} (log: {})",
         env!("CARGO_PKG_VERSION"),
         address.to_string_lossy(),
         log.destination()
     ));
-    let result = listen_on(transport, cfg, address, socket, &log);
+    let result = listen_on(transport, cfg, address, socket, git_dir.as_deref(), &log);
     if let Err(e) = &result {
         log.line(format_args!("exiting: {e}"));
     }
@@ -140,13 +142,13 @@ fn listen_on(
     cfg: &Config,
     address: &OsStr,
     socket: &Path,
+    git_dir: Option<&Path>,
     log: &Arc<Log>,
 ) -> Result<(), Error> {
     let address = decode(address)?;
     let mut opts = listen::Options::from_config(cfg)?;
     opts.label = format!("{}\t{address}", cfg.netname());
-    opts.control =
-        crate::config::git_dir().map(|dir| crate::status::control_path(&dir, cfg.netname()));
+    opts.control = git_dir.map(|dir| crate::status::control_path(dir, cfg.netname()));
     let tcp_listeners =
         |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
     let listeners = match transport {
@@ -181,12 +183,13 @@ fn listen_on(
 /// Listen mode's log: stderr, unless stderr goes nowhere (remotedaemon
 /// gives us /dev/null) or `log` names a file. The default file is
 /// `.git/annex/p2p-annex.<netname>.log`, beside git-annex's own files.
-fn listener_log(cfg: &Config) -> Log {
+fn listener_log(cfg: &Config, git_dir: Option<&Path>) -> Log {
     let netname = cfg.netname();
     let path = match cfg.get("log") {
         Some(path) => Some(std::path::PathBuf::from(path)),
-        None if sys::stderr_goes_nowhere() => crate::config::git_dir()
-            .map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log"))),
+        None if sys::stderr_goes_nowhere() => {
+            git_dir.map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log")))
+        }
         None => None,
     };
     match path {
