@@ -4,18 +4,16 @@
 //! a stray listener, missing links) reports FAIL with its advice. The auth
 //! token never appears in the output.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::annex::{Env, Outcome, Repo, Secret, all_procs, git_annex};
-use crate::support::{Proc, bin, free_port, wait_until};
+use crate::support::{KillOnDrop, Proc, bin, free_port, listener_under_sleep, wait_until};
 
 /// `p2p-annex check ARGS` in `repo`, with the test's PATH.
 fn check(repo: &Repo, args: &[&str]) -> Outcome {
@@ -252,49 +250,25 @@ fn a_healthy_pair_is_all_ok_and_peer_faults_fail() {
 struct Stray {
     parent: Proc,
     pid: u32,
+    _listener: KillOnDrop,
 }
 
 impl Stray {
     fn start(repo: &Repo, home: &Path, port: u16, socket: &str) -> Stray {
         let log = home.join("stray.log");
-        let mut parent = Proc::spawn(
-            Command::new("sh")
-                .args([
-                    "-c",
-                    "\"$@\" </dev/null >/dev/null 2>>\"$LOG\" & echo $!; exec sleep 600",
-                    "sh",
-                ])
-                .arg(bin())
-                .args(["tcp", &format!("127.0.0.1:{port}"), socket])
-                .env("LOG", &log)
-                .env("HOME", home)
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .current_dir(repo.path())
-                .stdout(Stdio::piped()),
-        );
-        let mut line = String::new();
-        BufReader::new(parent.child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("stray listener's pid");
-        let pid = line.trim().parse().expect("a pid");
-        let stray = Stray { parent, pid };
-        let listening = wait_until(Duration::from_secs(60), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
-        });
-        assert!(
-            listening,
-            "stray listener did not start: {:?}",
-            std::fs::read_to_string(&log)
-        );
-        stray
+        let (parent, listener) =
+            listener_under_sleep(home, repo.path(), port, Path::new(socket), &log);
+        Stray {
+            parent,
+            pid: listener.0,
+            _listener: listener,
+        }
     }
 }
 
 impl Drop for Stray {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(self.parent.pid() as i32), Signal::SIGKILL);
         wait_until(Duration::from_secs(5), || !alive(self.pid));
     }
 }

@@ -2,7 +2,7 @@
 //! file goes, stops cleanly on signals, logs where the user can find it,
 //! and enforces its cap and allow-list.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -26,47 +26,9 @@ fn gone(pid: u32) -> bool {
     }
 }
 
-/// Kills a process by PID when the test ends, pass or fail.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
-    }
-}
-
-/// A listener started by a `sleep` that stands in for remotedaemon, so
-/// the test can kill the parent. Returns (parent, listener pid).
+/// A listener whose parent the test can kill; its log is listener.log.
 fn listener_under_a_parent(home: &Path, port: u16, socket: &Path) -> (Proc, KillOnDrop) {
-    let log = home.join("listener.log");
-    let mut parent = Proc::spawn(
-        Command::new("sh")
-            .args([
-                "-c",
-                "\"$@\" </dev/null >/dev/null 2>>\"$LOG\" & echo $!; exec sleep 600",
-                "sh",
-            ])
-            .arg(bin())
-            .args(["tcp", &format!("127.0.0.1:{port}")])
-            .arg(socket)
-            .env("LOG", &log)
-            .current_dir(home)
-            .stdout(Stdio::piped()),
-    );
-    let mut line = String::new();
-    BufReader::new(parent.child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listener pid");
-    let pid: u32 = line.trim().parse().expect("a pid");
-    let listening = wait_until(DEADLINE, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
-    });
-    assert!(
-        listening,
-        "listener did not start: {:?}",
-        std::fs::read_to_string(&log)
-    );
-    (parent, KillOnDrop(pid))
+    listener_under_sleep(home, home, port, socket, &home.join("listener.log"))
 }
 
 fn read_log(home: &Path) -> String {

@@ -306,3 +306,57 @@ pub fn tcp_listener(dir: &Path, socket: &Path, config: &[(&str, &str)]) -> (Proc
     listener.wait_for_stderr("listening on", DEADLINE);
     (listener, port)
 }
+
+/// Kills a process by PID when the test ends, pass or fail.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// A tcp listener of ours whose parent is a `sleep` standing in for
+/// remotedaemon (so a test can kill the parent, or leave a listener that
+/// remotedaemon did not start), run in `cwd` with its log appended to
+/// `log`. Returns once it listens: the parent, and the listener's PID.
+pub fn listener_under_sleep(
+    home: &Path,
+    cwd: &Path,
+    port: u16,
+    socket: &Path,
+    log: &Path,
+) -> (Proc, KillOnDrop) {
+    let mut cmd = Command::new("sh");
+    isolate(&mut cmd, home);
+    let mut parent = Proc::spawn(
+        cmd.args([
+            "-c",
+            "\"$@\" </dev/null >/dev/null 2>>\"$LOG\" & echo $!; exec sleep 600",
+            "sh",
+        ])
+        .arg(bin())
+        .args(["tcp", &format!("127.0.0.1:{port}")])
+        .arg(socket)
+        .env("LOG", log)
+        .current_dir(cwd)
+        .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    BufReader::new(parent.child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listener's pid");
+    let listener = KillOnDrop(line.trim().parse().expect("a pid"));
+    let listening = wait_until(DEADLINE, || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("listening on"))
+    });
+    assert!(
+        listening,
+        "listener did not start: {:?}",
+        std::fs::read_to_string(log)
+    );
+    (parent, listener)
+}
