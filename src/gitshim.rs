@@ -218,6 +218,7 @@ fn run_service(mut cmd: Command, real: &Path) -> Result<Ending, Error> {
         cause,
     })?;
     let pid = child.id() as i32;
+    let mut forwarded = false;
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -228,10 +229,15 @@ fn run_service(mut cmd: Command, real: &Path) -> Result<Ending, Error> {
         for sig in sys::read_signals(signals.as_fd()) {
             if sig != libc::SIGCHLD {
                 sys::send_signal(pid, sig);
+                forwarded = true;
             }
         }
     };
-    if sys::is_pipe(sys::stdout()) {
+    // Only a service that ended by itself has output worth waiting for; one
+    // stopped by a signal (ours passed on, or any other) ends us at once, as
+    // whoever sent it wants. A stdout that is not a pipe is not git-annex's
+    // relay (it always gives the service a pipe): nothing to wait for.
+    if status.code().is_some() && !forwarded && sys::is_pipe(sys::stdout()) {
         drain(sys::stdout());
         std::thread::sleep(GRACE);
     }

@@ -15,6 +15,9 @@ mod lifecycle;
 mod faults;
 // p2p-annex status: listeners, live connections, last errors.
 mod status;
+// The `git` shim: transparent, never recursive, a service's end held until
+// its output was read.
+mod gitshim;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
 // `p2p-annex check` on healthy and broken real git-annex repositories.
