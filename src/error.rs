@@ -28,6 +28,8 @@ pub enum Error {
     Relay(io::Error),
     /// Any other system call failed; `what` says what we were doing.
     Io { what: String, cause: io::Error },
+    /// `serve` will not run: the message says why and what to do.
+    Refused(String),
 }
 
 impl Error {
@@ -63,6 +65,7 @@ impl fmt::Display for Error {
             }
             Error::Relay(cause) => write!(f, "connection failed: {}", describe(cause)),
             Error::Io { what, cause } => write!(f, "{what}: {}", describe(cause)),
+            Error::Refused(msg) => write!(f, "{msg}"),
         }
     }
 }

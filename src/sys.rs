@@ -181,3 +181,18 @@ pub fn parent_death_signal() {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1);
 }
+
+/// Also write SIGCHLD into the signal pipe (after `signal_pipe`): `serve`
+/// learns at once that remotedaemon or an orphaned listener exited, and
+/// sleeps in poll otherwise.
+pub fn signal_pipe_on_child_exit() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }?;
+    Ok(())
+}
