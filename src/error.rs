@@ -28,6 +28,8 @@ pub enum Error {
     Relay(io::Error),
     /// Any other system call failed; `what` says what we were doing.
     Io { what: String, cause: io::Error },
+    /// `serve` will not run: the message says why and what to do.
+    Refused(String),
     /// Run as the `git` shim, we found no real git to hand the command to;
     /// exit 127, as a shell does for a missing command.
     GitNotFound(String),
@@ -73,6 +75,7 @@ impl fmt::Display for Error {
             }
             Error::Relay(cause) => write!(f, "connection failed: {}", describe(cause)),
             Error::Io { what, cause } => write!(f, "{what}: {}", describe(cause)),
+            Error::Refused(msg) => write!(f, "{msg}"),
             Error::GitNotFound(why) => write!(f, "cannot find the real git: {why}"),
             Error::Exec { program, cause } => {
                 write!(f, "cannot run {program}: {}", describe(cause))

@@ -17,6 +17,7 @@ mod net;
 mod procs;
 mod relay;
 mod report;
+mod serve;
 mod socks5;
 mod status;
 mod sys;
@@ -46,6 +47,13 @@ fn main() {
         Ok(Command::Version) => print(&format!("p2p-annex {}\n", env!("CARGO_PKG_VERSION"))),
         Ok(Command::Check { json }) => check::run(json),
         Ok(Command::Status { json }) => status::run(json),
+        Ok(Command::Serve(opts)) => match serve::run(opts) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("p2p-annex: serve: {e}");
+                e.exit_code()
+            }
+        },
         Ok(Command::Run { netname, mode }) => match net::run(&netname, mode) {
             Ok(()) => 0,
             Err(e) => {

@@ -265,3 +265,18 @@ pub fn die_by_signal(sig: i32) -> ! {
     }
     std::process::exit(128 + sig)
 }
+
+/// Also write SIGCHLD into the signal pipe (after `signal_pipe`): `serve`
+/// learns at once that remotedaemon or an orphaned listener exited, and
+/// sleeps in poll otherwise.
+pub fn signal_pipe_on_child_exit() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }?;
+    Ok(())
+}
