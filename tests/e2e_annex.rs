@@ -184,7 +184,7 @@ pub fn sync_in(env: &Env, net: Net) {
 }
 
 /// Enables `net` in A and checks what address mode stored.
-fn enable(a: &Repo, net: Net) {
+pub fn enable(a: &Repo, net: Net) {
     match net {
         Net::Tcp(host) => a.config("p2p-annex.tcp.address", host),
         Net::Socks {
@@ -238,7 +238,7 @@ fn enable(a: &Repo, net: Net) {
 }
 
 /// The one address of A on `net`, from `git annex p2p --gen-addresses`.
-fn single_address(a: &Repo, net: Net) -> Secret {
+pub fn single_address(a: &Repo, net: Net) -> Secret {
     let mut found = a.gen_addresses(net.name());
     if let Net::Tcp(host) = net {
         let prefix = format!("p2p-annex::tcp:{host}:");

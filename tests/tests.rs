@@ -20,6 +20,8 @@ mod status;
 mod gitshim;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
+// Reliable sync: 40 rounds both ways under `p2p-annex serve`, no hang, no failure.
+mod sync_rounds;
 // `p2p-annex check` on healthy and broken real git-annex repositories.
 mod check;
 // `p2p-annex serve` supervising a real remotedaemon.

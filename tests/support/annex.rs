@@ -38,6 +38,10 @@ const FETCH_DEADLINE: Duration = Duration::from_secs(8);
 /// How long remotedaemon gets to start its listeners.
 const DAEMON_START: Duration = Duration::from_secs(15);
 
+/// How long `p2p-annex serve` gets to have remotedaemon and its listeners
+/// up (git-annex takes about a second to start on a loaded machine).
+const SERVE_START: Duration = Duration::from_secs(30);
+
 /// The netnames whose helper links every test environment gets.
 pub const NETNAMES: [&str; 3] = ["tcp", "socks", "unix-sockets"];
 
@@ -1000,6 +1004,50 @@ impl<'e> Repo<'e> {
             .to_string();
         assert_eq!(url, address.url(), "URL of the linked remote {name}");
         url
+    }
+
+    /// Starts `p2p-annex serve` here (remotedaemon supervised, the git shim
+    /// first on its PATH, so no fetch hangs and no push fails in git-annex's
+    /// relay race) and waits until its remotedaemon runs one live listener
+    /// per enabled address. Dropping the guard stops serve, and serve stops
+    /// remotedaemon and the listeners.
+    pub fn serve(&self) -> Background<'e> {
+        let expected = self.own_p2p_addresses().len();
+        assert!(
+            expected > 0,
+            "no P2P network is enabled in {}: run `git annex p2p --enable` first",
+            self.dir.display()
+        );
+        let bin = super::bin();
+        let mut serve = self
+            .cmd(bin.to_str().expect("UTF-8 binary path"), &["serve"])
+            .spawn();
+        let start = Instant::now();
+        loop {
+            let table = all_procs();
+            let daemons: BTreeSet<u32> = table
+                .iter()
+                .filter(|p| p.ppid == serve.pid() && p.alive() && p.is_remotedaemon())
+                .map(|p| p.pid)
+                .collect();
+            let live = table
+                .iter()
+                .filter(|p| daemons.contains(&p.ppid) && p.alive() && p.is_p2p_helper())
+                .count();
+            if live >= expected {
+                return serve;
+            }
+            let ended = serve.wait(Duration::ZERO);
+            assert!(
+                ended.is_none() && start.elapsed() < SERVE_START,
+                "`p2p-annex serve` in {} runs {live} of {expected} listener(s) after {:?} \
+                 (exit: {ended:?}); its stderr:\n{}",
+                self.dir.display(),
+                start.elapsed(),
+                serve.stderr()
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts `git annex remotedaemon` (which daemonizes) and waits until it

@@ -26,12 +26,14 @@
 #   --timeout SECONDS   how long a fetch may take before it counts as hung
 #                       (default 20)
 #   --max-seconds N     stop starting trials after N seconds (default: none)
+#   --strace DIR        record the serving remotedaemon with strace, one
+#                       DIR/trial-N.strace per trial (kept)
 #   -v                  one line per trial
 # Prints the rates; exits 0 unless the setup itself failed.
 set -eu
 
 trials=30 workaround=no delay=0.3 path_first= helper= net=demo timeout=20
-max_seconds=0 verbose=no configs=
+max_seconds=0 verbose=no configs= strace_dir=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--workaround) workaround=yes ;;
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
 $2"; shift ;;
 	--timeout) timeout=$2; shift ;;
 	--max-seconds) max_seconds=$2; shift ;;
+	--strace) mkdir -p "$2"; strace_dir=$(cd "$2" && pwd); shift ;;
 	-v) verbose=yes ;;
 	-h | --help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	-*) echo "repro: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -161,7 +164,11 @@ while [ $t -lt "$trials" ]; do
 	git annex p2p --enable "$net" >/dev/null
 	# remotedaemon serves while its stdin stays open.
 	mkfifo "$work/hold"
-	PATH="${path_first:+$path_first:}$PATH" git-annex remotedaemon --foreground \
+	tracer=
+	[ -z "$strace_dir" ] ||
+		tracer="strace -f -tt -s 64 -e trace=read,write,exit_group,wait4 -o $strace_dir/trial-$t.strace"
+	# shellcheck disable=SC2086 # $tracer is a command and its arguments
+	PATH="${path_first:+$path_first:}$PATH" $tracer git-annex remotedaemon --foreground \
 		<"$work/hold" >"$work/daemon.log" 2>&1 &
 	daemon=$!
 	exec 9>"$work/hold"
