@@ -60,6 +60,16 @@ fn serve_serves_restarts_and_stops() {
         "check with serve running:\n{}",
         check.describe()
     );
+    let not_ok: Vec<&str> = check
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("ok    ") && !l.starts_with("checks: "))
+        .collect();
+    assert!(
+        check.success() && not_ok.is_empty(),
+        "check under serve is not all ok:\n{}",
+        check.stdout
+    );
     let status = p2p(&a, &["status"]).ok();
     assert!(
         status
