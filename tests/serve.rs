@@ -60,6 +60,16 @@ fn serve_serves_restarts_and_stops() {
         "check with serve running:\n{}",
         check.describe()
     );
+    let not_ok: Vec<&str> = check
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("ok    ") && !l.starts_with("checks: "))
+        .collect();
+    assert!(
+        check.success() && not_ok.is_empty(),
+        "check under serve is not all ok:\n{}",
+        check.stdout
+    );
     let status = p2p(&a, &["status"]).ok();
     assert!(
         status
@@ -121,6 +131,22 @@ fn serve_serves_restarts_and_stops() {
         status.stdout
     );
 
+    // SIGHUP: remotedaemon started again at once, without a pause.
+    let hup = Instant::now();
+    kill(Pid::from_raw(serve.pid() as i32), Signal::SIGHUP).expect("SIGHUP serve");
+    let (daemon3, _) = wait_serving(&serve, port, Some(daemon2.pid));
+    eprintln!(
+        "serve: serving again {:.2} s after SIGHUP",
+        hup.elapsed().as_secs_f64()
+    );
+    assert!(
+        !all_procs()
+            .iter()
+            .any(|p| p.pid == daemon2.pid && p.alive()),
+        "the remotedaemon before SIGHUP still runs beside {}",
+        daemon3.pid
+    );
+
     // SIGTERM: exit 0, and nothing of the repository's left when it has.
     let asked = Instant::now();
     kill(Pid::from_raw(serve.pid() as i32), Signal::SIGTERM).expect("SIGTERM serve");
@@ -144,7 +170,8 @@ fn serve_serves_restarts_and_stops() {
     for line in [
         "serve: started ",
         "serve: remotedaemon was killed by SIGKILL after ",
-        "serve: SIGTERM: stopped after 1 restart(s); exiting",
+        "serve: SIGHUP: starting remotedaemon again at once",
+        "serve: SIGTERM: stopped after 2 restart(s); exiting",
     ] {
         assert!(log.contains(line), "serve's stderr lacks {line:?}:\n{log}");
     }
@@ -158,6 +185,76 @@ fn serve_serves_restarts_and_stops() {
         "status after a clean stop:\n{}",
         status.stdout
     );
+    drop(serve);
+    env.assert_no_leftover_processes();
+}
+
+/// A remotedaemon that dies at once, again and again: the pause before
+/// each new start doubles (0.5, 1, 2 s), its output is logged, and serve
+/// still stops at once on SIGTERM (here in the middle of a pause).
+#[test]
+fn serve_backs_off_when_remotedaemon_keeps_dying() {
+    let mut env = Env::new("serve-backoff");
+    enable_tcp(&env.repo("a"));
+    // A `git-annex` first on serve's PATH that fails at once.
+    let fake = env.root().join("fake-bin");
+    std::fs::create_dir_all(&fake).expect("mkdir fake-bin");
+    let script = fake.join("git-annex");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"fake remotedaemon: giving up\" >&2\nexit 3\n",
+    )
+    .expect("write fake git-annex");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod fake git-annex");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Only serve gets the fake: the repository was made with the real one.
+    env.set_var("PATH", &path);
+    let a = env.existing_repo("a");
+    let started = Instant::now();
+    let mut serve = start_serve(&env, &a, &[]);
+    let want = [
+        "remotedaemon exited with status 3 after ",
+        "starting it again in 0.5 s",
+        "starting it again in 1.0 s",
+        "starting it again in 2.0 s",
+    ];
+    while !serve.stderr().contains(want[3]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no third restart after 30 s:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let log = serve.stderr();
+    for line in want {
+        assert!(log.contains(line), "serve's stderr lacks {line:?}:\n{log}");
+    }
+    assert!(
+        log.contains("serve: remotedaemon: fake remotedaemon: giving up"),
+        "remotedaemon's own output is not logged:\n{log}"
+    );
+    // Three pauses (0.5 + 1 s) before the third exit: not a tight loop.
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "three restarts within {elapsed:?}: the pauses did not grow"
+    );
+    assert_eq!(log.matches("serve: started ").count(), 3, "{log}");
+    let asked = Instant::now();
+    kill(Pid::from_raw(serve.pid() as i32), Signal::SIGTERM).expect("SIGTERM serve");
+    let ended = serve.wait(STOP).expect("serve stops during a pause");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "SIGTERM during a 2 s pause took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(ended.code(), Some(0), "{}", serve.stderr());
     drop(serve);
     env.assert_no_leftover_processes();
 }
@@ -207,7 +304,8 @@ fn serve_refuses_a_plain_remotedaemon_and_check_warns() {
 }
 
 /// serve killed with SIGKILL: remotedaemon sees EOF on its stdin and goes,
-/// check reports the stale lock, and the next serve takes over.
+/// check reports the stale lock, and the next serve takes over (here with
+/// --no-git-shim, which check reports).
 #[test]
 fn serve_killed_leaves_a_stale_lock_and_no_daemon() {
     let env = Env::new("serve-stale");
@@ -235,9 +333,21 @@ fn serve_killed_leaves_a_stale_lock_and_no_daemon() {
         check.describe()
     );
     // Its orphaned listener may still be on its way out; the new serve
-    // waits for it.
-    let mut next = start_serve(&env, &a, &[]);
-    wait_serving(&next, port, None);
+    // waits for it. Without the shim, check says so.
+    let mut next = start_serve(&env, &a, &["--no-git-shim"]);
+    let (daemon, _) = wait_serving(&next, port, None);
+    let check = p2p(&a, &["check"]).run();
+    assert!(
+        check.stdout.contains(&format!(
+            "warn  remotedaemon runs without the CONNECTDONE workaround: fetches may hang; \
+             run it under `p2p-annex serve` (pid {}: serve runs it with --no-git-shim)",
+            daemon.pid
+        )) && check
+            .stdout
+            .contains(&format!("ok    p2p-annex serve runs (pid {}", next.pid())),
+        "check with serve --no-git-shim:\n{}",
+        check.describe()
+    );
     kill(Pid::from_raw(next.pid() as i32), Signal::SIGTERM).expect("SIGTERM serve");
     let ended = next.wait(STOP).expect("serve stops");
     assert_eq!(ended.code(), Some(0), "{}", next.stderr());

@@ -112,7 +112,7 @@ fn workaround(pid: u32, holder: Option<u32>, serve_cmd: &str) -> Check {
 }
 
 /// `'it'\''s'`: a path pasted into a shell stays one word.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))

@@ -240,17 +240,21 @@ impl Supervisor {
         }
     }
 
-    /// Sleep for `pause`; a stop signal cuts it short.
+    /// Sleep for `pause`; a stop signal cuts it short, and so does SIGHUP
+    /// (start now).
     fn sleep(&mut self, pause: Duration) -> Option<i32> {
         let until = Instant::now() + pause;
-        while self.stop.is_none() {
+        while self.stop.is_none() && !self.reload {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             self.wait_signals(timeout(left), 0);
         }
-        self.reload = false;
+        if std::mem::take(&mut self.reload) && self.stop.is_none() {
+            self.log
+                .line(format_args!("SIGHUP: starting remotedaemon now"));
+        }
         self.stop
     }
 

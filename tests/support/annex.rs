@@ -570,6 +570,14 @@ impl Env {
         repo
     }
 
+    /// A repository `name` this test made earlier with [`Env::repo`].
+    pub fn existing_repo(&self, name: &str) -> Repo<'_> {
+        Repo {
+            env: self,
+            dir: self.root.join(name),
+        }
+    }
+
     /// Adds a `git-annex-p2p-NETNAME` link for a user-defined netname.
     pub fn link_helper(&self, netname: &str) {
         let name = format!("git-annex-p2p-{netname}");
