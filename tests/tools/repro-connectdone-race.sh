@@ -32,8 +32,8 @@
 # Prints the rates; exits 0 unless the setup itself failed.
 set -eu
 
-trials=30 workaround=no delay=0.3 path_first= helper= net=demo timeout=20
-max_seconds=0 verbose=no configs= strace_dir=
+trials=30 workaround=no delay=0.3 path_first='' helper='' net=demo timeout=20
+max_seconds=0 verbose=no configs='' strace_dir=''
 while [ $# -gt 0 ]; do
 	case $1 in
 	--workaround) workaround=yes ;;
@@ -80,6 +80,7 @@ stop_all() {
 	daemon=
 	return 0
 }
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
 	cd /
 	stop_all
@@ -214,7 +215,8 @@ done
 ok_f=$((done_trials - hung - other))
 ok_p=$((done_trials - pushfail))
 echo "git-annex $(git-annex version --raw), network $net${path_first:+, remotedaemon PATH starts with ${path_first}}$([ "$workaround" = yes ] && echo " (delay ${delay}s)")"
-echo "trials: $done_trials  fetch hung: $hung  fetch failed: $other  push failed: $pushfail"
+pct() { [ "$done_trials" -gt 0 ] && echo "$(($1 * 100 / done_trials))%" || echo "-"; }
+echo "trials: $done_trials  fetch hung: $hung ($(pct $hung))  fetch failed: $other  push failed: $pushfail ($(pct $pushfail))"
 [ $ok_f -gt 0 ] && echo "mean good fetch: $((fetch_ms / ok_f)) ms"
 [ $ok_p -gt 0 ] && echo "mean good push: $((push_ms / ok_p)) ms"
 exit 0
