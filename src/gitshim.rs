@@ -254,10 +254,14 @@ fn run_service(mut cmd: Command, real: &Path) -> Result<Ending, Error> {
     })
 }
 
-/// Wait (bounded) until the pipe on `fd` holds no unread bytes.
+/// Wait (bounded) until the pipe on `fd` holds no unread bytes, or nobody
+/// is left to read them (git-annex closed its end: the peer went away).
 fn drain(fd: std::os::fd::BorrowedFd<'_>) {
     let start = Instant::now();
-    while matches!(sys::unread_bytes(fd), Ok(n) if n > 0) && start.elapsed() < DRAIN_LIMIT {
+    while matches!(sys::unread_bytes(fd), Ok(n) if n > 0)
+        && !sys::pipe_reader_gone(fd)
+        && start.elapsed() < DRAIN_LIMIT
+    {
         std::thread::sleep(DRAIN_POLL);
     }
 }

@@ -352,6 +352,34 @@ fn a_service_whose_output_is_never_read_still_ends() {
 }
 
 #[test]
+fn a_service_whose_reader_went_away_ends_at_once() {
+    let r = setup("shim-drain-gone");
+    let repo = r.repo.to_str().expect("utf-8 path");
+    let mut proc = Proc::spawn(
+        git(
+            &r.shim,
+            &r.home,
+            &r.repo,
+            &["upload-pack", "--advertise-refs", repo],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped()),
+    );
+    // The advertisement is written, then the reader closes its end unread
+    // (git-annex does so when the peer is gone): nothing left to wait for.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(proc.child.stdout.take());
+    let start = Instant::now();
+    let status = proc.expect_exit(DEADLINE);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the shim waited {:?} for a reader that was gone",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn signals_reach_the_service_and_its_ending_comes_back() {
     let r = setup("shim-service-signal");
     let repo = r.repo.to_str().expect("utf-8 path");
