@@ -145,7 +145,7 @@ mkdir "$work/tA" "$work/tB"
 	git add f*.txt && git commit -q -m "A's files")
 (cd "$work/tB" && git init -q && git annex init -q B)
 
-hung=0 pushfail=0 done_trials=0 other=0 fetch_ms=0 push_ms=0
+hung=0 pushfail=0 arrived=0 done_trials=0 other=0 fetch_ms=0 push_ms=0
 now_ms() { date +%s%3N; }
 start=$(date +%s)
 t=0
@@ -201,6 +201,9 @@ while [ $t -lt "$trials" ]; do
 	fi
 	if [ $prc -ne 0 ]; then
 		pushfail=$((pushfail + 1)); result="$result; push failed ($prc): $(grep -m1 -E "unexpected|fatal" "$work/push.err" || tail -n1 "$work/push.err")"
+		if [ "$(git -C "$work/A" rev-parse -q --verify from-b)" = "$(git rev-parse HEAD)" ]; then
+			arrived=$((arrived + 1)); result="$result (the ref arrived)"
+		fi
 	else
 		push_ms=$((push_ms + t3 - t2))
 	fi
@@ -216,7 +219,7 @@ ok_f=$((done_trials - hung - other))
 ok_p=$((done_trials - pushfail))
 echo "git-annex $(git-annex version --raw), network $net${path_first:+, remotedaemon PATH starts with ${path_first}}$([ "$workaround" = yes ] && echo " (delay ${delay}s)")"
 pct() { [ "$done_trials" -gt 0 ] && echo "$(($1 * 100 / done_trials))%" || echo "-"; }
-echo "trials: $done_trials  fetch hung: $hung ($(pct $hung))  fetch failed: $other  push failed: $pushfail ($(pct $pushfail))"
+echo "trials: $done_trials  fetch hung: $hung ($(pct $hung))  fetch failed: $other  push failed: $pushfail ($(pct $pushfail); the ref arrived in $arrived)"
 [ $ok_f -gt 0 ] && echo "mean good fetch: $((fetch_ms / ok_f)) ms"
 [ $ok_p -gt 0 ] && echo "mean good push: $((push_ms / ok_p)) ms"
 exit 0
