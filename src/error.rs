@@ -26,6 +26,9 @@ pub enum Error {
     Bind { target: String, cause: io::Error },
     /// The relay failed after the connection was made.
     Relay(io::Error),
+    /// A file or peer another local user could have planted: a socket
+    /// directory, socket file or log we refuse to use (SECURITY.md).
+    Untrusted { path: String, problem: String },
     /// Any other system call failed; `what` says what we were doing.
     Io { what: String, cause: io::Error },
 }
@@ -62,6 +65,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot listen on {target}: {}", describe(cause))
             }
             Error::Relay(cause) => write!(f, "connection failed: {}", describe(cause)),
+            Error::Untrusted { path, problem } => write!(f, "refusing {path}: {problem}"),
             Error::Io { what, cause } => write!(f, "{what}: {}", describe(cause)),
         }
     }

@@ -19,6 +19,8 @@ mod report;
 mod socks5;
 mod status;
 mod sys;
+mod text;
+mod trust;
 
 use std::io::Write;
 

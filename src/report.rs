@@ -77,6 +77,8 @@ impl Check {
 pub struct Report {
     json: bool,
     checks: Vec<Check>,
+    /// Cut out of everything printed (see `auth::redact`).
+    secrets: Vec<Vec<u8>>,
 }
 
 impl Report {
@@ -84,10 +86,20 @@ impl Report {
         Report {
             json,
             checks: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, out: &mut impl Write, checks: Vec<Check>) -> io::Result<()> {
+    /// Secrets to keep out of the report, from here on.
+    pub fn redact(&mut self, secrets: Vec<Vec<u8>>) {
+        self.secrets = secrets;
+    }
+
+    pub fn add(&mut self, out: &mut impl Write, mut checks: Vec<Check>) -> io::Result<()> {
+        for c in &mut checks {
+            c.what = crate::auth::redact(&c.what, &self.secrets);
+            c.fix = c.fix.take().map(|f| crate::auth::redact(&f, &self.secrets));
+        }
         if !self.json {
             for c in &checks {
                 out.write_all(text_line(c).as_bytes())?;
@@ -127,11 +139,9 @@ fn text_line(c: &Check) -> String {
 }
 
 /// Whatever a string holds (a peer's answer, a file name), it stays on its
-/// line.
+/// line, its control characters escaped.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::text::printable(s)
 }
 
 fn json_document(checks: &[Check], ok: usize, warn: usize, fail: usize) -> String {
@@ -207,7 +217,7 @@ mod tests {
         r.finish(&mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "ok    fine\nFAIL  broken?really\n      fix: mend it\n\
+            "ok    fine\nFAIL  broken\\nreally\n      fix: mend it\n\
              checks: 1 ok, 0 warnings, 1 failed\n"
         );
     }

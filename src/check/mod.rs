@@ -40,8 +40,10 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Ok(repo) => repo,
         Err(check) => return report.add(out, vec![check]),
     };
-    let checks: [fn(&Repo) -> Vec<Check>; 7] = [
+    report.redact(crate::auth::known_secrets(&repo.git_dir));
+    let checks: [fn(&Repo) -> Vec<Check>; 8] = [
         local::repository,
+        local::bad_remotes,
         local::helper_links,
         local::addresses,
         serve::remotedaemon,
