@@ -165,8 +165,8 @@ fn json_document(checks: &[Check], ok: usize, warn: usize, fail: usize) -> Strin
     )
 }
 
-/// A JSON string (RFC 8259 section 7): quote, backslash and control
-/// characters escaped; everything else is already valid UTF-8.
+/// A JSON string (RFC 8259 section 7): quote, backslash and every control
+/// character escaped; everything else is already valid UTF-8.
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -177,7 +177,9 @@ pub fn json_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+            // C1 controls too (U+0080-U+009F): JSON allows them raw, but
+            // some terminals act on them (fuzz/status found this).
+            c if c.is_control() => {
                 out.push_str(&format!("\\u{:04x}", u32::from(c)));
             }
             c => out.push(c),
@@ -199,6 +201,7 @@ mod tests {
             "\"a \\\"b\\\" \\\\ c\\nd\\te\\u0001\""
         );
         assert_eq!(json_string("ünïcødé →"), "\"ünïcødé →\"");
+        assert_eq!(json_string("csi\u{9b}"), "\"csi\\u009b\"");
     }
 
     #[test]
