@@ -14,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::account::{Account, skip_unless_root};
+use crate::support::peers::reversing_server;
 use crate::support::*;
 
 fn dir_config(cmd: &mut Command, dir: &Path) {
@@ -136,6 +137,109 @@ fn a_planted_socket_is_refused_and_gets_no_byte() {
         std::fs::read(loot.join("got")).expect("loot"),
         b"AUTH u s3cret\n"
     );
+}
+
+#[test]
+fn a_planted_link_to_our_own_socket_is_refused() {
+    if skip_unless_root("a_planted_link_to_our_own_socket_is_refused") {
+        return;
+    }
+    let home = TempDir::new("sec-plantlink");
+    let mallory = Account::create("e");
+    let shared = shared_dir(home.path(), "shared");
+    // A socket of ours that the attacker would have us reach by its name.
+    let ours = home.path().join("annex.sock");
+    let _server = UnixListener::bind(&ours).expect("bind");
+    let token = "1764601234";
+    let link = shared.join(token);
+    mallory.sh(&format!("ln -s {} {}", ours.display(), link.display()));
+    let mut cmd = p2p(home.path());
+    cmd.args(["unix-sockets", token]);
+    dir_config(&mut cmd, &shared);
+    let (status, _, stderr) = run(&mut cmd);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "p2p-annex: unix-sockets: refusing {}: the symbolic link belongs to uid {uid} ({}), \
+             not to this user or root; if you trust that user, \
+             `git config p2p-annex.unix-sockets.trust-uid {uid}`\n",
+            link.display(),
+            mallory.name,
+            uid = mallory.uid
+        )
+    );
+}
+
+#[test]
+fn git_annex_demo_script_peers_interoperate_in_a_shared_directory() {
+    // git-annex's example script (doc/special_remotes/p2p/
+    // git-annex-p2p-unix-sockets) listens by linking /tmp/ADDRESS to
+    // git-annex's socket, and connects with `socat - UNIX-CONNECT:/tmp/ADDRESS`.
+    // The same two moves here, in a shared directory of the test's.
+    let home = TempDir::new("sec-demo");
+    let shared = shared_dir(home.path(), "shared");
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
+
+    // Their listener, our connect: the link is ours, and leads to our socket.
+    let token = "1764600000";
+    std::os::unix::fs::symlink(&socket, shared.join(token)).expect("ln -s");
+    let mut cmd = p2p(home.path());
+    cmd.args(["unix-sockets", token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    dir_config(&mut cmd, &shared);
+    let mut client = Proc::spawn(&mut cmd);
+    client
+        .child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello")
+        .expect("write");
+    let mut got = String::new();
+    client
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut got)
+        .expect("read");
+    assert_eq!(got, "olleh");
+    assert!(client.expect_exit(DEADLINE).success());
+
+    // Our listener, their connect.
+    let token = "1764600001";
+    let mut cmd = p2p(home.path());
+    cmd.args(["unix-sockets", token]).arg(&socket);
+    dir_config(&mut cmd, &shared);
+    let mut listener = Proc::spawn_logged(&mut cmd);
+    listener.wait_for_stderr("listening on", DEADLINE);
+    let mut socat = Proc::spawn(
+        Command::new("socat")
+            .arg("-")
+            .arg(format!("UNIX-CONNECT:{}", shared.join(token).display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    socat
+        .child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"world")
+        .expect("write");
+    let mut got = String::new();
+    socat
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut got)
+        .expect("read");
+    assert_eq!(got, "dlrow");
+    assert!(socat.expect_exit(DEADLINE).success());
 }
 
 #[test]

@@ -84,7 +84,8 @@ pub fn new_token() -> String {
 
 /// Connect to the token's socket within `timeout`, but only to a socket
 /// file of a trusted user (checked with lstat before, so no byte goes to a
-/// planted socket) served by a trusted user (SO_PEERCRED after).
+/// planted socket; a symbolic link must be a trusted user's too, and lead
+/// to such a socket) served by a trusted user (SO_PEERCRED after).
 pub fn connect(cfg: &Config, token: &str, timeout: Duration) -> Result<OwnedFd, Error> {
     let path = path(cfg, token)?;
     let trusted = trusted_uids(cfg)?;
@@ -99,6 +100,28 @@ pub fn connect(cfg: &Config, token: &str, timeout: Duration) -> Result<OwnedFd, 
         ),
     };
     match std::fs::symlink_metadata(&path) {
+        // git-annex's demo script listens by linking its address to
+        // git-annex's own socket: a link of ours to a socket of ours is
+        // fine, anyone else's link is not followed.
+        Ok(m) if m.file_type().is_symlink() => {
+            if !trusted.contains(&m.uid()) {
+                return Err(untrusted("the symbolic link belongs to", m.uid()));
+            }
+            if let Ok(target) = std::fs::metadata(&path) {
+                if !target.file_type().is_socket() {
+                    return Err(Error::Untrusted {
+                        path: shown,
+                        problem: "it does not lead to a socket file".into(),
+                    });
+                }
+                if !trusted.contains(&target.uid()) {
+                    return Err(untrusted(
+                        "the socket file it leads to belongs to",
+                        target.uid(),
+                    ));
+                }
+            }
+        }
         Ok(m) if !m.file_type().is_socket() => {
             return Err(Error::Untrusted {
                 path: shown,
