@@ -93,7 +93,7 @@ fn a_planted_socket_is_refused_and_gets_no_byte() {
         stderr,
         format!(
             "p2p-annex: unix-sockets: refusing {}: the socket file belongs to uid {uid} ({}), \
-             not to this user or root; if you trust that user, \
+             not this user or root; if you trust that user, \
              `git config p2p-annex.unix-sockets.trust-uid {uid}`\n",
             planted.display(),
             mallory.name,
@@ -105,6 +105,42 @@ fn a_planted_socket_is_refused_and_gets_no_byte() {
     assert!(
         !loot.join("got").exists(),
         "the planted socket was connected to"
+    );
+
+    // Were the file check fooled (here: the file handed to root), the
+    // listening process is still the attacker's: refused after connecting
+    // (SO_PEERCRED), before sending anything.
+    std::os::unix::fs::lchown(&planted, Some(0), Some(0)).expect("lchown");
+    let (status, _, stderr) = run(&mut cmd);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "p2p-annex: unix-sockets: refusing {}: the process listening there runs as uid \
+             {uid} ({}), not this user or root; if you trust that user, \
+             `git config p2p-annex.unix-sockets.trust-uid {uid}`\n",
+            planted.display(),
+            mallory.name,
+            uid = mallory.uid
+        )
+    );
+    assert!(attacker.expect_exit(DEADLINE).success());
+    assert_eq!(std::fs::read(loot.join("got")).expect("loot"), b"");
+    std::fs::remove_file(loot.join("got")).expect("rm");
+    // Now root's, in a sticky directory: socat could not remove it.
+    let _ = std::fs::remove_file(&planted);
+    let mut attacker = Proc::spawn(
+        mallory
+            .command("socat")
+            .arg("-u")
+            .arg(format!("UNIX-LISTEN:{}", planted.display()))
+            .arg(format!("CREATE:{}", loot.join("got").display()))
+            .stdin(Stdio::null()),
+    );
+    assert!(
+        wait_until(DEADLINE, || std::fs::symlink_metadata(&planted)
+            .is_ok_and(|m| m.uid() == mallory.uid)),
+        "socat did not listen again"
     );
 
     // The same attacker gets everything once the victim trusts it: the
@@ -162,7 +198,7 @@ fn a_planted_link_to_our_own_socket_is_refused() {
         stderr,
         format!(
             "p2p-annex: unix-sockets: refusing {}: the symbolic link belongs to uid {uid} ({}), \
-             not to this user or root; if you trust that user, \
+             not this user or root; if you trust that user, \
              `git config p2p-annex.unix-sockets.trust-uid {uid}`\n",
             link.display(),
             mallory.name,

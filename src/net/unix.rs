@@ -93,7 +93,7 @@ pub fn connect(cfg: &Config, token: &str, timeout: Duration) -> Result<OwnedFd, 
     let untrusted = |what: &str, uid: u32| Error::Untrusted {
         path: shown.clone(),
         problem: format!(
-            "{what} {}, not to this user or root; if you trust that user, \
+            "{what} {}, not this user or root; if you trust that user, \
              `git config {} {uid}`",
             trust::describe_uid(uid),
             crate::text::shell_quote(&cfg.name("trust-uid")),
