@@ -97,15 +97,18 @@ impl Log {
 }
 
 /// Open (or create, 0600 from the start) the log for appending: never
-/// through a symbolic link someone planted, never into a file that is not
-/// ours, never inherited by a child.
+/// through a symbolic link someone planted, never into anything but a
+/// regular file of ours, never inherited by a child.
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // O_NONBLOCK: a FIFO put there fails to open (ENXIO) instead of
+        // hanging us until someone reads it; on a regular file it changes
+        // nothing.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() || meta.uid() != crate::sys::euid() {
