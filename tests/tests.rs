@@ -21,5 +21,7 @@ mod e2e_annex;
 mod check;
 // Hostile local users and peers: planted sockets, echoed tokens, injections.
 mod security;
+// `p2p-annex serve` supervising a real remotedaemon.
+mod serve;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;

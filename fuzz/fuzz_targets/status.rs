@@ -37,6 +37,12 @@ mod unix;
 mod net {
     pub(crate) use super::unix;
 }
+#[allow(dead_code)]
+#[path = "../../src/serve/lock.rs"]
+mod lock;
+mod serve {
+    pub(crate) use super::lock::{Probe, Record, probe};
+}
 
 use libfuzzer_sys::fuzz_target;
 
@@ -49,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let listeners = [listener];
     for json in [false, true] {
-        let shown = status::render(&listeners, &[], &[], json);
+        let shown = status::render(&serve::Probe::None, &listeners, &[], &[], json);
         assert!(
             !shown.chars().any(|c| c.is_control() && c != '\n'),
             "{shown:?}"

@@ -7,13 +7,14 @@
 //! Facts are gathered once (`facts`: git config, the creds files, /proc),
 //! then each check is a plain function of them returning its verdicts:
 //! `local` (tools, links, addresses), `serve` (remotedaemon, its sockets and
-//! listeners) and `peers` (each remote reachable, our token accepted). Only
+//! listeners), `supervisor` (`p2p-annex serve` and the git shim) and `peers` (each remote reachable, our token accepted). Only
 //! the socket and peer checks touch the network, each within seconds.
 
 mod facts;
 mod local;
 mod peers;
 mod serve;
+mod supervisor;
 
 use std::io::{self, Write};
 
@@ -41,12 +42,13 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Err(check) => return report.add(out, vec![check]),
     };
     report.redact(crate::auth::known_secrets(&repo.git_dir));
-    let checks: [fn(&Repo) -> Vec<Check>; 8] = [
+    let checks: [fn(&Repo) -> Vec<Check>; 9] = [
         local::repository,
         local::bad_remotes,
         local::helper_links,
         local::addresses,
         serve::remotedaemon,
+        supervisor::supervisor,
         serve::sockets,
         serve::listeners,
         serve::strays,
