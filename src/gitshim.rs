@@ -51,10 +51,11 @@ const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// last chunk it read to the thread that sends it, which no system call
 /// shows us. Measured on a loaded 2-core machine (30 fresh fetches and
 /// pushes per value): no hang and no failed push at 0, 20, 50 and 100 ms,
-/// nor in 100 more at 0 ms; without the drain, 9 of 30 fetches hung. The
-/// drain does the work; the grace is a margin of about one scheduler time
-/// slice for a reader thread descheduled between its read and its hand-over
-/// (doc/upstream/connectdone-race.md). It is what each fetch and push pays.
+/// nor in 100 more each at 0 and 20 ms; without the drain, 9 of 30
+/// fetches hung. The drain does the work; the grace is a margin of about
+/// one scheduler time slice for a reader thread descheduled between its
+/// read and its hand-over (doc/upstream/connectdone-race.md). It is what
+/// each fetch and push pays.
 const GRACE: Duration = Duration::from_millis(20);
 
 /// Run as `git ARGS...`. Returns only for the two wrapped services (how
