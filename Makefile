@@ -60,7 +60,7 @@ ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
 
 .PHONY: all install uninstall check check-install check-cross check-vendor check-dist \
 	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
-	check-overlay bench-overlay fuzz-smoke
+	check-overlay bench-overlay fuzz-smoke repro-race
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
@@ -191,6 +191,19 @@ fuzz-smoke:
 # Two throwaway repositories syncing a file over tcp on loopback.
 demo: all git-annex
 	tests/tools/demo.sh $(BIN) $(GIT_ANNEX_DIR)
+
+# git-annex's CONNECTDONE race without p2p-annex (doc/upstream/connectdone-race.md):
+# fresh repository pairs over git-annex's socat demo helper, first fetch and
+# push, and the hang and push-failure rates. Informational: never fails.
+# RACE_TRIALS=N; RACE_FLAGS=--workaround compares with the delay workaround.
+RACE_TRIALS ?= 30
+RACE_FLAGS ?=
+repro-race: git-annex
+	@if ! command -v git-annex >/dev/null 2>&1; then \
+		PATH="$(abspath $(GIT_ANNEX_DIR))/bin:$$PATH"; \
+		MAGIC="$(abspath $(GIT_ANNEX_DIR))/py/git_annex/magic.mgc"; export PATH MAGIC; fi; \
+	tests/tools/repro-connectdone-race.sh $(RACE_FLAGS) $(RACE_TRIALS) \
+		|| echo "repro-race: the reproduction could not run (informational only)"
 
 # p2p-annex against socat helpers, side by side; writes target/bench/results.md
 # (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a

@@ -256,6 +256,17 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// Has the reading end of the pipe `fd` (our write end) been closed?
+/// poll(2) reports POLLERR on a pipe's write end once no reader is left.
+pub fn pipe_reader_gone(fd: BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL))
+}
+
 /// End this process by signal `sig`, as the child we stood for did, so
 /// our parent sees the same ending. No core file: the crash was not ours.
 /// Falls back to exit status 128 + `sig` for a signal that does not kill.

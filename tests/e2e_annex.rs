@@ -12,7 +12,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use crate::support::annex::{Env, Outcome, RemoteDaemon, Repo, Secret, pseudo_random};
+use crate::support::annex::{Background, Env, Repo, Secret, pseudo_random};
 
 /// The network A serves on.
 #[derive(Clone, Copy)]
@@ -76,17 +76,13 @@ fn time_get_of_300_small_files() {
     for net in served {
         enable(&a, net);
     }
-    let daemon = a.start_remotedaemon();
+    let serving = a.serve();
 
     let mut report = Vec::new();
     for net in served {
         let b = env.repo(&format!("b-{}", net.name()));
         b.link("peerA", &single_address(&a, net));
-        // History comes straight from A's directory: a `git fetch` of this
-        // many files through the peer often hangs in git-annex's relay race
-        // (see Repo::fetch), and this test times content transfer only.
-        let a_dir = a.path().to_str().expect("UTF-8 test path");
-        b.git(&["fetch", "-q", a_dir, "+refs/heads/*:refs/remotes/peerA/*"]);
+        b.fetch("peerA");
         b.annex(&["merge"]);
         b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
         let got = b
@@ -106,7 +102,7 @@ fn time_get_of_300_small_files() {
         report.join(", ")
     );
 
-    finish(&env, daemon);
+    finish(&env, serving);
 }
 
 /// The whole round trip between A (serving on `net`) and B.
@@ -130,7 +126,7 @@ pub fn sync_in(env: &Env, net: Net) {
     a.add_and_commit(&names, "files from A");
 
     enable(&a, net);
-    let daemon = a.start_remotedaemon();
+    let served = a.serve();
     let address = single_address(&a, net);
 
     // B: link, fetch, merge, get: content flows A -> B.
@@ -180,11 +176,11 @@ pub fn sync_in(env: &Env, net: Net) {
     );
     a.annex(&["fsck"]);
 
-    finish(env, daemon);
+    finish(env, served);
 }
 
 /// Enables `net` in A and checks what address mode stored.
-fn enable(a: &Repo, net: Net) {
+pub fn enable(a: &Repo, net: Net) {
     match net {
         Net::Tcp(host) => a.config("p2p-annex.tcp.address", host),
         Net::Socks {
@@ -238,7 +234,7 @@ fn enable(a: &Repo, net: Net) {
 }
 
 /// The one address of A on `net`, from `git annex p2p --gen-addresses`.
-fn single_address(a: &Repo, net: Net) -> Secret {
+pub fn single_address(a: &Repo, net: Net) -> Secret {
     let mut found = a.gen_addresses(net.name());
     if let Net::Tcp(host) = net {
         let prefix = format!("p2p-annex::tcp:{host}:");
@@ -263,34 +259,20 @@ fn clone_from_peer(b: &Repo, address: &Secret) {
     b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
 }
 
-/// `git push` of B's branches to A's `synced/` branches.
-///
-/// git-annex's relay race (see Repo::fetch) hits push too: when the last
-/// of receive-pack's output (the final flush packet) is lost, about one push
-/// in four ends with "send-pack: unexpected disconnect while reading
-/// sideband packet" and exit 1 although the refs were updated. It happens
-/// over every transport, so that one failure is tolerated; the refs are
-/// checked either way.
+/// `git push` of B's branches to A's `synced/` branches. A serves under
+/// `p2p-annex serve`, so no push may fail in git-annex's relay race (see
+/// doc/upstream/connectdone-race.md): no error is tolerated.
 fn push_to_peer(b: &Repo, a: &Repo) {
-    let pushed: Outcome = b
-        .cmd(
-            "git",
-            &[
-                "push",
-                "peerA",
-                "main:synced/main",
-                "git-annex:synced/git-annex",
-            ],
-        )
-        .run();
-    if !pushed.success() {
-        let known_race = pushed.status.is_some()
-            && pushed
-                .stderr
-                .contains("unexpected disconnect while reading sideband packet");
-        assert!(known_race, "git push failed: {}", pushed.describe());
-        eprintln!("note: git push hit git-annex's CONNECTDONE race; checking the refs arrived");
-    }
+    b.cmd(
+        "git",
+        &[
+            "push",
+            "peerA",
+            "main:synced/main",
+            "git-annex:synced/git-annex",
+        ],
+    )
+    .ok();
     assert_eq!(
         a.rev_parse("synced/main"),
         b.rev_parse("main"),
@@ -298,9 +280,10 @@ fn push_to_peer(b: &Repo, a: &Repo) {
     );
 }
 
-/// Stops A's remotedaemon and listeners and checks nothing else is left.
-fn finish(env: &Env, daemon: RemoteDaemon) {
-    daemon.stop();
+/// Stops A's serve (and with it remotedaemon and its listeners) and checks
+/// nothing else is left.
+fn finish(env: &Env, served: Background) {
+    drop(served);
     env.assert_no_leftover_processes();
 }
 

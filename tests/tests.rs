@@ -15,8 +15,13 @@ mod lifecycle;
 mod faults;
 // p2p-annex status: listeners, live connections, last errors.
 mod status;
+// The `git` shim: transparent, never recursive, a service's end held until
+// its output was read.
+mod gitshim;
 // Real git-annex repositories syncing through our helpers.
 mod e2e_annex;
+// Reliable sync: 40 rounds both ways under `p2p-annex serve`, no hang, no failure.
+mod sync_rounds;
 // `p2p-annex check` on healthy and broken real git-annex repositories.
 mod check;
 // Hostile local users and peers: planted sockets, echoed tokens, injections.

@@ -57,15 +57,11 @@ ga_dir=$2
 # Whole-run deadline: the test takes about a minute (the daemons come up
 # in well under a second); the benchmark moves 18 GiB.
 if [ $bench -eq 1 ]; then budget=${OVERLAY_BUDGET:-1200}; else budget=${OVERLAY_BUDGET:-300}; fi
-# Deadline of one git or git-annex command; every command has one.
+# Deadline of one git or git-annex command; every command has one. A
+# fetch of a few files takes about a second, a sync a few; the serving side
+# runs under p2p-annex serve, so none hangs in git-annex's relay race and
+# none is retried.
 CMD_SECS=60
-# A fetch of a few files takes about a second, a sync a few: one still
-# running after this hit git-annex's relay race (see fetch_with_retry).
-FETCH_SECS=10
-SYNC_SECS=15
-# How often a fetch or sync is tried. The race hit about one sync in three
-# here (2 cores, shared): five tries fail by chance about once in 250.
-TRIES=5
 
 passed=0
 failed=0
@@ -513,22 +509,31 @@ listener_pids() {
 }
 count_is() { [ "$("$2" "$3" | wc -l)" -eq "$1" ]; }
 
-# Start remotedaemon in DIR and wait for one listener per enabled address.
+# Serve DIR: `p2p-annex serve` runs remotedaemon with the git shim first on
+# its PATH, so no fetch hangs and no push fails in git-annex's relay race
+# (doc/upstream/connectdone-race.md). Wait for one listener per enabled
+# address.
 # usage: start_remotedaemon NAMESPACE DIR
+declare -A serve_of
 start_remotedaemon() {
 	local ns=$1 dir=$2 n
 	n=$(wc -l <"$dir/.git/annex/creds/p2paddrs")
-	must "$ns" "$dir" $CMD_SECS git annex remotedaemon
-	wait_until 15 "remotedaemon in $dir" count_is 1 remotedaemon_pid "$dir"
+	start "serve-$step" "$ns" "$p2p_bin" serve "$dir"
+	serve_of[$dir]=$last
+	wait_until 30 "remotedaemon under p2p-annex serve in $dir" count_is 1 remotedaemon_pid "$dir"
 	wait_until 15 "$n listener(s) under remotedaemon in $dir" count_is "$n" listener_pids "$dir"
-	note "remotedaemon $(remotedaemon_pid "$dir" | cut -d: -f1), listeners $(listener_pids "$dir" | cut -d: -f1 | tr '\n' ' ')"
+	note "serve ${last%%:*}, remotedaemon $(remotedaemon_pid "$dir" | cut -d: -f1), listeners $(listener_pids "$dir" | cut -d: -f1 | tr '\n' ' ')"
 }
 
+# serve stops remotedaemon and its listeners on SIGTERM; anything left
+# after it is stopped too, and counts as a failure.
 stop_remotedaemon() {
+	[ -z "${serve_of[$1]:-}" ] || stop_pids "${serve_of[$1]}"
+	serve_of[$1]=
+	count_is 0 remotedaemon_pid "$1" && count_is 0 listener_pids "$1" && return 0
 	# shellcheck disable=SC2046 # lists of PIDs
 	stop_pids $(remotedaemon_pid "$1") $(listener_pids "$1")
-	count_is 0 remotedaemon_pid "$1" && count_is 0 listener_pids "$1" ||
-		die "remotedaemon or its listeners in $1 survived"
+	die "remotedaemon or its listeners in $1 survived p2p-annex serve's stop"
 }
 
 # Connect-mode helpers must exit when git-annex is done with them (git-annex
@@ -537,63 +542,14 @@ no_helpers_left() {
 	count_is 0 listener_pids "$1"
 }
 
-# git fetch through a P2P remote, retried when it hangs: git-annex
-# (10.20261026) races on the serving side and sometimes never sends the last
-# of upload-pack's output, so `git fetch` waits forever (any transport;
-# tests/support/annex.rs Repo::fetch).
-# usage: fetch_with_retry NAMESPACE DIR REMOTE
-fetch_with_retry() {
-	local try
-	for try in $(seq $TRIES); do
-		run "$1" "$2" $FETCH_SECS git fetch -q "$3" && return 0
-		[ $rc -eq 124 ] && [ "$try" -lt $TRIES ] || break
-		note "note: git fetch $3 hung (try $try/$TRIES): git-annex's relay race, retrying"
-	done
-	printf '   FAIL: exit %d: git fetch %s\n' "$rc" "$3" >&2
-	show_tail "$err"
-	die "git fetch failed"
-}
-
-# git push to the peer's synced/ branches. The same race makes about one
-# push in four exit 1 with "unexpected disconnect while reading sideband
-# packet" although the refs arrived: that one error is tolerated, and the
-# refs are checked either way.
-# usage: push_with_race NAMESPACE DIR REMOTE PEER-DIR
-push_with_race() {
+# git push to the peer's synced/ branches; the refs must arrive. A serves
+# under p2p-annex serve: no error is tolerated.
+# usage: push_to_peer NAMESPACE DIR REMOTE PEER-DIR
+push_to_peer() {
 	local ns=$1 dir=$2 remote=$3 peer=$4
-	if ! run "$ns" "$dir" $CMD_SECS git push -q "$remote" main:synced/main git-annex:synced/git-annex; then
-		if [ $rc -eq 124 ] || ! grep -q "unexpected disconnect while reading sideband packet" "$err"; then
-			printf '   FAIL: exit %d: git push %s\n' "$rc" "$remote" >&2
-			show_tail "$err"
-			die "git push failed"
-		fi
-		note "note: git push hit git-annex's CONNECTDONE race; checking the refs arrived"
-	fi
+	must "$ns" "$dir" $CMD_SECS git push -q "$remote" main:synced/main git-annex:synced/git-annex
 	[ "$(git -C "$peer" rev-parse synced/main)" = "$(git -C "$dir" rev-parse main)" ] ||
 		die "after git push, the peer's synced/main is not our main"
-}
-
-# git annex sync --content, retried when it hangs (its fetch hit the race
-# above) or when the race broke its push; what matters is checked
-# afterwards.
-# usage: sync_with_retry NAMESPACE DIR REMOTE
-sync_with_retry() {
-	local try
-	for try in $(seq $TRIES); do
-		run "$1" "$2" $SYNC_SECS git annex sync -q --content "$3" && return 0
-		[ "$try" -lt $TRIES ] || break
-		if [ $rc -eq 124 ]; then
-			note "note: git annex sync hung (try $try/$TRIES): git-annex's relay race, retrying"
-		elif grep -q "unexpected disconnect while reading sideband packet" "$err"; then
-			note "note: git annex sync's push hit git-annex's CONNECTDONE race (try $try/$TRIES), retrying"
-		else
-			break
-		fi
-	done
-	printf '   FAIL: exit %d: git annex sync --content %s\n' "$rc" "$3" >&2
-	show_tail "$err"
-	show_tail "$out"
-	die "git annex sync failed"
 }
 
 # A repository links to A as remote peerA, through exactly URL, with a new
@@ -664,7 +620,7 @@ annex_over() {
 	ok "B linked to A through $url"
 
 	# Item 2: fetch, get, fsck.
-	fetch_with_retry "$nsB" "$B" peerA
+	must "$nsB" "$B" $CMD_SECS git fetch -q peerA
 	must "$nsB" "$B" $CMD_SECS git merge -q --ff-only peerA/main
 	must "$nsB" "$B" $CMD_SECS git annex get -q --from peerA .
 	# shellcheck disable=SC2086 # a list of file names
@@ -678,7 +634,7 @@ annex_over() {
 	must "$nsB" "$B" $CMD_SECS git annex add -q from-b.bin
 	must "$nsB" "$B" $CMD_SECS git commit -q -m "B's file"
 	must "$nsB" "$B" $CMD_SECS git annex copy -q --to peerA from-b.bin
-	push_with_race "$nsB" "$B" peerA "$A"
+	push_to_peer "$nsB" "$B" peerA "$A"
 	must "$nsA" "$A" $CMD_SECS git merge -q --ff-only synced/main
 	same_content "$B" "$A" from-b.bin
 	must "$nsA" "$A" $CMD_SECS git annex fsck -q
@@ -691,7 +647,7 @@ annex_over() {
 	make_files "$B" from-b2.bin=1500000
 	must "$nsB" "$B" $CMD_SECS git annex add -q from-b2.bin
 	must "$nsB" "$B" $CMD_SECS git commit -q -m "B's second file"
-	sync_with_retry "$nsB" "$B" peerA
+	must "$nsB" "$B" $CMD_SECS git annex sync -q --content peerA
 	same_content "$A" "$B" from-a2.bin
 	must "$nsA" "$A" $CMD_SECS git merge -q --ff-only synced/main
 	same_content "$B" "$A" from-b2.bin
@@ -720,7 +676,7 @@ allow_list() {
 	# C links while nothing is refused, which proves its token is good.
 	new_repo "$nsC" "$C" C
 	link_to "$A" "$nsC" "$C" "$url"
-	fetch_with_retry "$nsC" "$C" peerA
+	must "$nsC" "$C" $CMD_SECS git fetch -q peerA
 	must "$nsC" "$C" $CMD_SECS git merge -q --ff-only peerA/main
 
 	stop_remotedaemon "$A"
@@ -742,7 +698,8 @@ allow_list() {
 	fi
 	[ $rc -ne 124 ] || die "C's git fetch hung instead of failing"
 	ok "C (not allowed, valid token): git annex get and git fetch fail at once, no content"
-	# Under remotedaemon the listeners log to .git/annex/p2p-annex.tcp.log.
+	# Under remotedaemon (and serve) the listeners log to
+	# .git/annex/p2p-annex.tcp.log.
 	log=$A/.git/annex/p2p-annex.tcp.log
 	wait_until 10 "a 'refused' line naming C's address in $log" grep -qsE "refused.*$yggC|$yggC.*refused" "$log"
 	! grep -E "refused.*$yggB|$yggB.*refused" "$log" >/dev/null || die "the listener refused B: $(grep -m1 "$yggB" "$log")"

@@ -31,12 +31,16 @@ use super::TempDir;
 /// Deadline of an ordinary git or git-annex command.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A fetch of a few files takes well under a second; one that has not
-/// finished by then hit git-annex's relay race (see [`Repo::fetch`]).
-const FETCH_DEADLINE: Duration = Duration::from_secs(8);
+/// A fetch of a few hundred files takes well under a few seconds; one that
+/// has not finished by then hung.
+const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long remotedaemon gets to start its listeners.
 const DAEMON_START: Duration = Duration::from_secs(15);
+
+/// How long `p2p-annex serve` gets to have remotedaemon and its listeners
+/// up (git-annex takes about a second to start on a loaded machine).
+const SERVE_START: Duration = Duration::from_secs(30);
 
 /// The netnames whose helper links every test environment gets.
 pub const NETNAMES: [&str; 3] = ["tcp", "socks", "unix-sockets"];
@@ -900,31 +904,14 @@ impl<'e> Repo<'e> {
             .unwrap_or_else(|e| panic!("read {} (is its content present?): {e}", file.display()))
     }
 
-    /// `git fetch -q REMOTE`, retried when it hangs.
-    ///
-    /// git-annex (10.20261026, P2P/IO.hs `runRelayService`) races on the
-    /// serving side: when `git upload-pack` exits, a thread queues
-    /// CONNECTDONE while another may still hold the last of upload-pack's
-    /// output, which is then never sent. `git fetch` waits for that final
-    /// flush packet forever. Seen in 4 of 10 fetches of a 300-file
-    /// repository, over every transport (socat, python relay, none).
+    /// `git fetch -q REMOTE`, once, under a deadline. Peers serve under
+    /// `p2p-annex serve` ([`Repo::serve`]), whose git shim keeps git-annex's
+    /// relay race (doc/upstream/connectdone-race.md) from hanging a fetch:
+    /// a hang here is a failure, never retried.
     pub fn fetch(&self, remote: &str) -> Outcome {
-        const TRIES: u32 = 5;
-        for attempt in 1.. {
-            let got = self
-                .cmd("git", &["fetch", "-q", remote])
-                .deadline(FETCH_DEADLINE)
-                .run();
-            if got.status.is_some() || attempt == TRIES {
-                return got.expect_success();
-            }
-            eprintln!(
-                "note: `git fetch {remote}` in {} hung (try {attempt}/{TRIES}); \
-                 git-annex's relay race, retrying",
-                self.dir.display()
-            );
-        }
-        unreachable!("the loop returns")
+        self.cmd("git", &["fetch", "-q", remote])
+            .deadline(FETCH_DEADLINE)
+            .ok()
     }
 
     /// Annexes the files and commits them.
@@ -1008,6 +995,50 @@ impl<'e> Repo<'e> {
             .to_string();
         assert_eq!(url, address.url(), "URL of the linked remote {name}");
         url
+    }
+
+    /// Starts `p2p-annex serve` here (remotedaemon supervised, the git shim
+    /// first on its PATH, so no fetch hangs and no push fails in git-annex's
+    /// relay race) and waits until its remotedaemon runs one live listener
+    /// per enabled address. Dropping the guard stops serve, and serve stops
+    /// remotedaemon and the listeners.
+    pub fn serve(&self) -> Background<'e> {
+        let expected = self.own_p2p_addresses().len();
+        assert!(
+            expected > 0,
+            "no P2P network is enabled in {}: run `git annex p2p --enable` first",
+            self.dir.display()
+        );
+        let bin = super::bin();
+        let mut serve = self
+            .cmd(bin.to_str().expect("UTF-8 binary path"), &["serve"])
+            .spawn();
+        let start = Instant::now();
+        loop {
+            let table = all_procs();
+            let daemons: BTreeSet<u32> = table
+                .iter()
+                .filter(|p| p.ppid == serve.pid() && p.alive() && p.is_remotedaemon())
+                .map(|p| p.pid)
+                .collect();
+            let live = table
+                .iter()
+                .filter(|p| daemons.contains(&p.ppid) && p.alive() && p.is_p2p_helper())
+                .count();
+            if live >= expected {
+                return serve;
+            }
+            let ended = serve.wait(Duration::ZERO);
+            assert!(
+                ended.is_none() && start.elapsed() < SERVE_START,
+                "`p2p-annex serve` in {} runs {live} of {expected} listener(s) after {:?} \
+                 (exit: {ended:?}); its stderr:\n{}",
+                self.dir.display(),
+                start.elapsed(),
+                serve.stderr()
+            );
+            sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts `git annex remotedaemon` (which daemonizes) and waits until it

@@ -26,12 +26,14 @@
 #   --timeout SECONDS   how long a fetch may take before it counts as hung
 #                       (default 20)
 #   --max-seconds N     stop starting trials after N seconds (default: none)
+#   --strace DIR        record the serving remotedaemon with strace, one
+#                       DIR/trial-N.strace per trial (kept)
 #   -v                  one line per trial
 # Prints the rates; exits 0 unless the setup itself failed.
 set -eu
 
-trials=30 workaround=no delay=0.3 path_first= helper= net=demo timeout=20
-max_seconds=0 verbose=no configs=
+trials=30 workaround=no delay=0.3 path_first='' helper='' net=demo timeout=20
+max_seconds=0 verbose=no configs='' strace_dir=''
 while [ $# -gt 0 ]; do
 	case $1 in
 	--workaround) workaround=yes ;;
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
 $2"; shift ;;
 	--timeout) timeout=$2; shift ;;
 	--max-seconds) max_seconds=$2; shift ;;
+	--strace) mkdir -p "$2"; strace_dir=$(cd "$2" && pwd); shift ;;
 	-v) verbose=yes ;;
 	-h | --help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	-*) echo "repro: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -77,6 +80,7 @@ stop_all() {
 	daemon=
 	return 0
 }
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
 	cd /
 	stop_all
@@ -141,7 +145,7 @@ mkdir "$work/tA" "$work/tB"
 	git add f*.txt && git commit -q -m "A's files")
 (cd "$work/tB" && git init -q && git annex init -q B)
 
-hung=0 pushfail=0 done_trials=0 other=0 fetch_ms=0 push_ms=0
+hung=0 pushfail=0 arrived=0 done_trials=0 other=0 fetch_ms=0 push_ms=0
 now_ms() { date +%s%3N; }
 start=$(date +%s)
 t=0
@@ -161,7 +165,11 @@ while [ $t -lt "$trials" ]; do
 	git annex p2p --enable "$net" >/dev/null
 	# remotedaemon serves while its stdin stays open.
 	mkfifo "$work/hold"
-	PATH="${path_first:+$path_first:}$PATH" git-annex remotedaemon --foreground \
+	tracer=
+	[ -z "$strace_dir" ] ||
+		tracer="strace -f -tt -s 64 -e trace=read,write,exit_group,wait4 -o $strace_dir/trial-$t.strace"
+	# shellcheck disable=SC2086 # $tracer is a command and its arguments
+	PATH="${path_first:+$path_first:}$PATH" $tracer git-annex remotedaemon --foreground \
 		<"$work/hold" >"$work/daemon.log" 2>&1 &
 	daemon=$!
 	exec 9>"$work/hold"
@@ -193,6 +201,9 @@ while [ $t -lt "$trials" ]; do
 	fi
 	if [ $prc -ne 0 ]; then
 		pushfail=$((pushfail + 1)); result="$result; push failed ($prc): $(grep -m1 -E "unexpected|fatal" "$work/push.err" || tail -n1 "$work/push.err")"
+		if [ "$(git -C "$work/A" rev-parse -q --verify from-b)" = "$(git rev-parse HEAD)" ]; then
+			arrived=$((arrived + 1)); result="$result (the ref arrived)"
+		fi
 	else
 		push_ms=$((push_ms + t3 - t2))
 	fi
@@ -207,7 +218,8 @@ done
 ok_f=$((done_trials - hung - other))
 ok_p=$((done_trials - pushfail))
 echo "git-annex $(git-annex version --raw), network $net${path_first:+, remotedaemon PATH starts with ${path_first}}$([ "$workaround" = yes ] && echo " (delay ${delay}s)")"
-echo "trials: $done_trials  fetch hung: $hung  fetch failed: $other  push failed: $pushfail"
+pct() { [ "$done_trials" -gt 0 ] && echo "$(($1 * 100 / done_trials))%" || echo "-"; }
+echo "trials: $done_trials  fetch hung: $hung ($(pct $hung))  fetch failed: $other  push failed: $pushfail ($(pct $pushfail); the ref arrived in $arrived)"
 [ $ok_f -gt 0 ] && echo "mean good fetch: $((fetch_ms / ok_f)) ms"
 [ $ok_p -gt 0 ] && echo "mean good push: $((push_ms / ok_p)) ms"
 exit 0
