@@ -21,3 +21,6 @@ mod e2e_annex;
 mod check;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;
+// Running unattended: binding before the address exists, vanished peers,
+// running out of descriptors (network namespaces; root).
+mod unattended;

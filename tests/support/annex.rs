@@ -827,12 +827,19 @@ impl<'e> Repo<'e> {
     /// flush packet forever. Seen in 4 of 10 fetches of a 300-file
     /// repository, over every transport (socat, python relay, none).
     pub fn fetch(&self, remote: &str) -> Outcome {
+        self.fetch_via(&[], remote)
+    }
+
+    /// `fetch`, with git run under `prefix` (`ip netns exec NS`, say).
+    pub fn fetch_via(&self, prefix: &[&str], remote: &str) -> Outcome {
         const TRIES: u32 = 5;
+        let args: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain(["git", "fetch", "-q", remote])
+            .collect();
         for attempt in 1.. {
-            let got = self
-                .cmd("git", &["fetch", "-q", remote])
-                .deadline(FETCH_DEADLINE)
-                .run();
+            let got = self.cmd(args[0], &args[1..]).deadline(FETCH_DEADLINE).run();
             if got.status.is_some() || attempt == TRIES {
                 return got.expect_success();
             }
@@ -899,12 +906,22 @@ impl<'e> Repo<'e> {
     /// returns; a failed link leaves no remote behind). Returns the remote's
     /// URL, `p2p-annex::<netname>:<address>`.
     pub fn link(&self, name: &str, address: &Secret) -> String {
+        self.link_via(&[], name, address)
+    }
+
+    /// `link`, with git-annex run under `prefix` (`ip netns exec NS`, say).
+    pub fn link_via(&self, prefix: &[&str], name: &str, address: &Secret) -> String {
         let start = Instant::now();
         let mut tries = 0;
         loop {
             tries += 1;
+            let args: Vec<&str> = prefix
+                .iter()
+                .copied()
+                .chain(["git", "annex", "p2p", "--link", "--name", name])
+                .collect();
             let got = self
-                .annex_cmd(&["p2p", "--link", "--name", name])
+                .cmd(args[0], &args[1..])
                 .stdin(format!("{}\n", address.0))
                 .deadline(DAEMON_START)
                 .run();
@@ -931,6 +948,11 @@ impl<'e> Repo<'e> {
     /// Starts `git annex remotedaemon` (which daemonizes) and waits until it
     /// runs one listener per enabled address. The guard stops them all.
     pub fn start_remotedaemon(&self) -> RemoteDaemon<'e> {
+        self.start_remotedaemon_via(&[])
+    }
+
+    /// `start_remotedaemon`, run under `prefix` (`ip netns exec NS`, say).
+    pub fn start_remotedaemon_via(&self, prefix: &[&str]) -> RemoteDaemon<'e> {
         let expected = self.own_p2p_addresses().len();
         assert!(
             expected > 0,
@@ -944,7 +966,12 @@ impl<'e> Repo<'e> {
             listeners: Vec::new(),
             _env: self.env,
         };
-        self.annex(&["remotedaemon"]);
+        let args: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain(["git", "annex", "remotedaemon"])
+            .collect();
+        self.cmd(args[0], &args[1..]).ok();
         guard.find_daemon();
         guard.wait_for_listeners(expected);
         guard
