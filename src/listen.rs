@@ -326,6 +326,16 @@ pub fn serve(
     let control = opts.control.as_deref().and_then(|p| Control::bind(p, &log));
     let mut slots: Vec<Slot> = endpoints.into_iter().map(Slot::new).collect();
     for slot in &mut slots {
+        // Bound already (a unix socket): set up and announce it here.
+        for l in slot.bound.iter().filter(|_| slot.bind.is_none()) {
+            l.set_nonblocking()
+                .map_err(|e| Error::io("cannot set up the listening socket", e))?;
+            log.line(format_args!(
+                "listening on {}, relaying to {}",
+                l.describe(),
+                socket.display()
+            ));
+        }
         slot.try_bind(socket, &log)?;
     }
     let socket: Arc<PathBuf> = Arc::new(socket.to_path_buf());
