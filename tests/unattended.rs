@@ -288,6 +288,16 @@ fn git_annex_gets_again_once_a_blackholed_path_is_back() {
         crate::support::annex::Proc::read(listener).is_some_and(|p| p.alive()),
         "the listener did not keep serving"
     );
+    // git-annex ends a fetch by closing with the client's last message
+    // unread (a reset): a normal end, logged as such, not among the errors
+    // `p2p-annex status` shows.
+    let log = std::fs::read_to_string(a.path().join(".git/annex/p2p-annex.tcp.log"))
+        .expect("the listener's log");
+    assert!(log.contains(": closed by git-annex after"), "{log}");
+    assert!(!log.contains("reset by peer"), "{log}");
+    let bin = bin();
+    let status = a.cmd(bin.to_str().expect("UTF-8 path"), &["status"]).ok();
+    assert!(!status.stdout.contains("closed"), "{}", status.stdout);
     daemon.stop();
 }
 
