@@ -341,7 +341,7 @@ fn serving_faults_fail_with_their_advice() {
         &got,
         &needle,
         &format!(
-            "`kill {}`, then restart remotedaemon: `kill {first}`, then `git annex remotedaemon`",
+            "`kill {}`: remotedaemon's listener binds the port within 10 seconds",
             stray.pid
         ),
     );

@@ -305,7 +305,8 @@ pub fn strays(repo: &Repo) -> Vec<Check> {
             };
             let mut fix = format!("`kill {}`", p.pid);
             if enabled && !daemons.is_empty() {
-                fix.push_str(&format!(", then {}", restart(repo)));
+                // remotedaemon's listener waits for the port (listen.rs).
+                fix.push_str(": remotedaemon's listener binds the port within 10 seconds");
             }
             Check::fail(
                 KIND,
