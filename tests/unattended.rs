@@ -406,3 +406,59 @@ fn out_of_descriptors_the_listener_pauses_and_recovers() {
     assert!(text.contains("accepting again after"), "{text}");
     drop(listener);
 }
+
+/// A git-annex side that stops reading: the relay is stuck writing to it,
+/// which shutting down the peer's socket alone never wakes. idle-timeout
+/// shuts down both sides, so the connection ends and frees its slot (the
+/// only one here) for the next peer.
+#[test]
+fn an_idle_timeout_frees_a_slot_whose_git_annex_side_stopped_reading() {
+    let home = TempDir::new("stuck");
+    let socket = home.path().join("annex.sock");
+    let server = UnixListener::bind(&socket).expect("bind unix socket");
+    thread::spawn(move || {
+        let mut stuck = Vec::new();
+        for (i, conn) in server.incoming().enumerate() {
+            let Ok(mut conn) = conn else { break };
+            if i == 0 {
+                stuck.push(conn); // held open, never read
+                continue;
+            }
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).is_ok() {
+                    got.reverse();
+                    let _ = conn.write_all(&got);
+                }
+            });
+        }
+    });
+    let (mut listener, port) = tcp_listener(
+        home.path(),
+        &socket,
+        &[
+            ("p2p-annex.tcp.idle-timeout", "1s"),
+            ("p2p-annex.tcp.max-connections", "1"),
+        ],
+    );
+    let mut first = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut writer = first.try_clone().expect("clone");
+    // More than the socket buffers hold: the relay blocks writing to the
+    // git-annex side. The write ends with an error once the relay is gone.
+    let feeder = thread::spawn(move || {
+        let data = vec![7u8; 1 << 20];
+        for _ in 0..64 {
+            if writer.write_all(&data).is_err() {
+                break;
+            }
+        }
+    });
+    listener.wait_for_stderr("closing: idle for", DEADLINE);
+    let ended = listener.wait_for_stderr("127.0.0.1:", Duration::from_secs(10));
+    assert!(!ended.contains("connected"), "{ended}");
+    let mut rest = Vec::new();
+    let _ = first.read_to_end(&mut rest);
+    feeder.join().expect("feeder");
+    let next = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert_eq!(exchange(next, b"abc"), b"cba");
+}
