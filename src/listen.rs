@@ -6,7 +6,10 @@
 //! So the listener looks after itself: it exits when its parent is gone or
 //! its socket file is removed or replaced, stops cleanly on SIGTERM, SIGINT
 //! and SIGHUP, caps its connections, and checks the allow-list before it
-//! touches the socket. A connection that fails never stops the listener.
+//! touches the socket. A connection that fails never stops the listener,
+//! and neither does an address it cannot bind yet (a busy port, an address
+//! or name not there yet) nor running out of descriptors: it waits, and
+//! goes on watching while it does.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::sockopt::SocketError;
 use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::allow::{self, Cidr};
@@ -204,9 +208,8 @@ struct Slot {
     retry: Option<Retry>,
 }
 
-/// Retries with a delay that doubles up to a cap; `logged` says when the
-/// last log line was, so a long wait is logged once and then at growing
-/// intervals, never per try.
+/// Retries with a delay that doubles up to a cap. A long wait is logged
+/// once and then at growing intervals (see `again`), never per try.
 struct Retry {
     since: Instant,
     tries: u64,
@@ -546,7 +549,8 @@ fn admit(
         .stack_size(CONNECTION_STACK)
         .spawn(move || {
             let attach = |local: &UnixStream| thread_registry.attach_local(id, local);
-            let last_words = handle(conn, &peer, &socket, &thread_log, &progress, attach);
+            let shut = || thread_registry.was_shut(id);
+            let last_words = handle(conn, &peer, &socket, &thread_log, &progress, attach, shut);
             // Free the slot before saying so, so that whoever reads the log
             // line can count on the slot.
             thread_registry.remove(id);
@@ -570,6 +574,7 @@ fn handle(
     log: &Log,
     progress: &Progress,
     attach: impl FnOnce(&UnixStream),
+    shut_by_us: impl FnOnce() -> bool,
 ) -> String {
     let start = Instant::now();
     let local = match UnixStream::connect(socket) {
@@ -590,6 +595,22 @@ fn handle(
         Ok(out) => {
             // `a` is the peer, `b` git-annex's socket.
             let how = match (&out.error, out.failed_a) {
+                // Sending to the peer broke (a reset, the user timeout)
+                // and we did not shut it down ourselves: the peer is lost.
+                // Why is on the socket, if the kernel has not handed it
+                // to a read or a splice already.
+                (None, _) if out.broke_a && !shut_by_us() => {
+                    let pending = match &peer_end {
+                        End::Socket(fd) => nix::sys::socket::getsockopt(fd, SocketError).ok(),
+                        End::Stdio => None,
+                    };
+                    match pending {
+                        Some(e) if e != 0 => {
+                            format!("failed: {}", describe(&io::Error::from_raw_os_error(e)))
+                        }
+                        _ => "failed: the connection broke while sending".to_string(),
+                    }
+                }
                 (None, _) => "closed".to_string(),
                 // git-annex's normal end, not a failure. After a CONNECT
                 // session (git fetch/push) it writes `CONNECTDONE`, and the
@@ -717,6 +738,11 @@ impl Registry {
             }
             o.local = Some(fd);
         }
+    }
+
+    /// Did an idle-timeout or a stop shut this connection down?
+    fn was_shut(&self, id: u64) -> bool {
+        self.lock().1.get(&id).is_some_and(|o| o.shut)
     }
 
     fn remove(&self, id: u64) {

@@ -93,6 +93,11 @@ pub struct Outcome {
     pub error: Option<io::Error>,
     /// Which end failed: `Some(true)` for `a`, `Some(false)` for `b`.
     pub failed_a: Option<bool>,
+    /// Writing to `a` broke: it reset, timed out, or was shut down. Not an
+    /// error of the relay (the reader went away), but the kernel reports
+    /// why to only one of the two directions, or to none when a splice had
+    /// moved bytes before it failed.
+    pub broke_a: bool,
 }
 
 /// Bytes moved so far, readable while the relay runs (`p2p-annex status`).
@@ -117,10 +122,13 @@ pub fn run_counted(a: &End, b: &End, progress: &Progress) -> io::Result<Outcome>
             .spawn_scoped(scope, || direction(b, a, &link, [a, b], &progress.b_to_a))?;
         // Each error comes with whether it came from the direction's
         // source; the a-to-b direction's source is `a`.
-        let err_ab = direction(a, b, &link, [a, b], &progress.a_to_b);
-        let err_ba = other
-            .join()
-            .unwrap_or_else(|_| Some((io::Error::other("relay thread panicked"), false)));
+        let (err_ab, _) = direction(a, b, &link, [a, b], &progress.a_to_b);
+        let (err_ba, broke_a) = other.join().unwrap_or_else(|_| {
+            (
+                Some((io::Error::other("relay thread panicked"), false)),
+                false,
+            )
+        });
         let (error, failed_a) = match (err_ab, err_ba) {
             (Some((e, from_src)), _) => (Some(e), Some(from_src)),
             (None, Some((e, from_src))) => (Some(e), Some(!from_src)),
@@ -131,6 +139,7 @@ pub fn run_counted(a: &End, b: &End, progress: &Progress) -> io::Result<Outcome>
             b_to_a: progress.b_to_a.load(Ordering::Relaxed),
             error,
             failed_a,
+            broke_a,
         })
     })
 }
@@ -174,28 +183,30 @@ impl Link {
 enum Ending {
     /// The source reached EOF (or drained), and the EOF was passed on.
     Done,
-    /// The sink can take no more bytes.
-    SinkGone,
+    /// The sink can take no more bytes; `true` when it broke (an error
+    /// pending on it, or a write that failed) rather than hung up.
+    SinkGone(bool),
     /// The other direction failed; this one stopped.
     Aborted,
 }
 
 /// Run one direction and tell the other how it ended. Counts the bytes
 /// moved in `moved`; returns the error that ended the relay if this
-/// direction failed, and whether its source (rather than its sink) failed.
+/// direction failed, and whether its source (rather than its sink) failed;
+/// and whether the sink broke.
 fn direction(
     src: &End,
     dst: &End,
     link: &Link,
     ends: [&End; 2],
     moved: &AtomicU64,
-) -> Option<(io::Error, bool)> {
+) -> (Option<(io::Error, bool)>, bool) {
     match pump(src, dst, link, moved) {
-        Ok(Ending::Done) | Ok(Ending::Aborted) => None,
-        Ok(Ending::SinkGone) => {
+        Ok(Ending::Done) | Ok(Ending::Aborted) => (None, false),
+        Ok(Ending::SinkGone(broke)) => {
             src.close_read();
             link.raise(DRAIN);
-            None
+            (None, broke)
         }
         Err((e, from_src)) => {
             link.raise(ABORT);
@@ -204,7 +215,7 @@ fn direction(
             for end in ends {
                 end.abort();
             }
-            Some((e, from_src))
+            (Some((e, from_src)), false)
         }
     }
 }
@@ -250,7 +261,7 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> Result<Ending, 
         }
         // Checked before the source: bytes read now could not be delivered.
         if dst_ev.intersects(gone) {
-            return Ok(Ending::SinkGone);
+            return Ok(Ending::SinkGone(dst_ev.contains(PollFlags::POLLERR)));
         }
         // POLLHUP/POLLERR on the source: read anyway, the read tells EOF,
         // data still buffered, or the error.
@@ -270,7 +281,9 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> Result<Ending, 
                 return Ok(Ending::Done);
             }
             // The reader went away: nobody wants these bytes any more.
-            Err(Failure::Sink(Errno::EPIPE | Errno::ECONNRESET)) => return Ok(Ending::SinkGone),
+            Err(Failure::Sink(Errno::EPIPE | Errno::ECONNRESET)) => {
+                return Ok(Ending::SinkGone(true));
+            }
             Err(Failure::Source(e)) => return Err((e.into(), true)),
             Err(Failure::Sink(e)) => return Err((e.into(), false)),
         }

@@ -118,14 +118,19 @@ fn apply_user_timeout(sock: &impl AsFd, cfg: &Config) -> Result<(), Error> {
         .map_err(|e| Error::io("cannot set the user timeout", e))
 }
 
+/// How long a fast-path connection runs before connect mode reads its
+/// configured `user-timeout` (see `user_timeout_later`).
+const USER_TIMEOUT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The fast path connected before reading configuration, with the default
 /// user timeout (two minutes) already on the socket. A configured
-/// `user-timeout` still applies: a thread reads configuration while the
-/// relay runs and sets it on the live socket. That keeps `git config` off
-/// the critical path of start-up (BENCHMARKS.md) while a dead peer is
-/// still given up within the configured bound; in the first moments, before
-/// git answers, the default bound holds. A bad value is reported and the
-/// default kept: the relay is already under way.
+/// `user-timeout` still applies: a thread reads configuration once the
+/// connection has run for a second and sets it on the live socket. That
+/// keeps `git config` off the critical path of start-up (BENCHMARKS.md), and
+/// a connection that is over within the second (most are) never runs git
+/// at all; a dead peer is still given up within the configured bound plus
+/// that second, and the default bound holds before. A bad value is
+/// reported and the default kept: the relay is already under way.
 fn user_timeout_later(sock: &std::net::TcpStream, netname: &str) {
     let Ok(sock) = sock.try_clone() else { return };
     let netname = netname.to_string();
@@ -133,6 +138,8 @@ fn user_timeout_later(sock: &std::net::TcpStream, netname: &str) {
         .name("config".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            // The process exits when the relay ends, this thread with it.
+            std::thread::sleep(USER_TIMEOUT_AFTER);
             let applied = Config::load(&netname).and_then(|cfg| apply_user_timeout(&sock, &cfg));
             if let Err(e) = applied {
                 eprintln!("p2p-annex: {netname}: {e}");
