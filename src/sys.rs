@@ -95,6 +95,7 @@ pub fn set_user_timeout(sock: &impl AsFd, limit: Duration) -> io::Result<()> {
 }
 
 /// Keepalive idle time and probe interval, in seconds, for a user timeout.
+#[cfg(any(target_os = "linux", target_os = "android", test))]
 fn keepalive_timing(limit: Duration) -> (u32, u32) {
     if limit.is_zero() {
         return (KEEPALIVE_IDLE_SECS, KEEPALIVE_INTERVAL_SECS);
@@ -250,4 +251,21 @@ pub const PARENT_DEATH_SIGNAL: i32 = libc::SIGUSR1;
 pub fn parent_death_signal() {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_follows_the_user_timeout() {
+        let secs = Duration::from_secs;
+        // The default: 60 s + 6 x 10 s, two minutes, as before.
+        assert_eq!(keepalive_timing(DEFAULT_USER_TIMEOUT), (60, 10));
+        assert_eq!(keepalive_timing(Duration::ZERO), (60, 10));
+        assert_eq!(keepalive_timing(secs(5)), (2, 1));
+        assert_eq!(keepalive_timing(secs(30)), (15, 2));
+        assert_eq!(keepalive_timing(secs(3600)), (60, 10));
+        assert_eq!(keepalive_timing(Duration::from_millis(500)), (1, 1));
+    }
 }
