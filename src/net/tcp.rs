@@ -364,6 +364,9 @@ pub fn show(at: &HostPort) -> String {
 /// may be mended by waiting is `Later`: a name that does not resolve yet,
 /// an interface or address that is not there yet, a port another process
 /// holds. Anything else (no permission for the port, say) is `Never`.
+/// A name goes through the system resolver, which blocks the listener's
+/// watch loop for as long as it takes (at most its own timeout, 5 s per
+/// try by default; it fails at once when no network is up).
 pub fn bind_all(at: &HostPort) -> Result<Vec<TcpListener>, BindFailure> {
     let addrs = resolve(at).map_err(|cause| {
         BindFailure::Later(Error::Bind {
