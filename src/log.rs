@@ -85,7 +85,7 @@ impl Log {
                 path,
                 file,
                 dropped,
-            } => write_capped(path, file, dropped, &text),
+            } => write_capped(path, file, dropped, &self.netname, &text),
         }
     }
 
@@ -110,7 +110,7 @@ fn open_append(path: &Path) -> io::Result<(File, u64)> {
 /// be rotated. Several listeners (one per address) may share the file, so
 /// the size is the file's, not a count of our own lines, and a file that
 /// another listener rotated away is left for the new one.
-fn write_capped(path: &Path, file: &mut File, dropped: &mut u64, text: &str) {
+fn write_capped(path: &Path, file: &mut File, dropped: &mut u64, netname: &str, text: &str) {
     use std::os::unix::fs::MetadataExt;
     let ours = file.metadata().ok();
     let current = std::fs::metadata(path).ok();
@@ -128,7 +128,8 @@ fn write_capped(path: &Path, file: &mut File, dropped: &mut u64, text: &str) {
     let note = match *dropped {
         0 => String::new(),
         n => format!(
-            "{} p2p-annex[{}] {n} log lines dropped: the log was full and could not be rotated\n",
+            "{} p2p-annex[{}] {netname}: {n} log lines dropped: the log was full and could not \
+             be rotated\n",
             utc_timestamp(SystemTime::now()),
             std::process::id()
         ),
