@@ -39,8 +39,10 @@ status and serve, which are commands).
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.address          host to advertise (may repeat)
   p2p-annex.tcp.port             port (picked and stored when unset)
-  p2p-annex.tcp.bind             where listen mode binds (may repeat)
+  p2p-annex.tcp.bind             where listen mode binds (may repeat); default
+                                 the address's host, :: or 0.0.0.0 for all
   p2p-annex.tcp.connect-timeout  default 30s
+  p2p-annex.NETNAME.user-timeout give up on a silent peer, default 2m
   p2p-annex.socks.address        HOST:PORT peers reach us at (may repeat)
   p2p-annex.socks.proxy          HOST:PORT or unix:/PATH, default 127.0.0.1:1080
   p2p-annex.socks.proxy-user     with proxy-password: RFC 1929 credentials

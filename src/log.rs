@@ -5,7 +5,9 @@
 //! when stderr goes nowhere the log goes to a file the user can find:
 //! `p2p-annex.<netname>.log`, by default `.git/annex/p2p-annex.<netname>.log`
 //! beside git-annex's own files. The file is rotated once (to `.1`) when it
-//! passes `ROTATE_AT`, so a listener that runs for months stays small.
+//! passes `ROTATE_AT`, so a listener that runs for months stays small, and
+//! a line that would take it past that without a rotation is dropped: the
+//! cap holds even when no new file can be made.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -27,7 +29,9 @@ enum Sink {
     File {
         path: PathBuf,
         file: File,
-        size: u64,
+        /// Lines dropped because the file was full and could not be
+        /// rotated; said in the next line that can be written.
+        dropped: u64,
     },
 }
 
@@ -42,13 +46,13 @@ impl Log {
     /// Append to the file at `path`, creating it (mode 0600: peer addresses
     /// are nobody else's business).
     pub fn file(netname: &str, path: &Path) -> io::Result<Log> {
-        let (file, size) = open_append(path)?;
+        let (file, _) = open_append(path)?;
         Ok(Log {
             netname: netname.to_string(),
             sink: Mutex::new(Sink::File {
                 path: path.to_path_buf(),
                 file,
-                size,
+                dropped: 0,
             }),
         })
     }
@@ -79,14 +83,11 @@ impl Log {
             Sink::Stderr => {
                 let _ = io::stderr().write_all(text.as_bytes());
             }
-            Sink::File { path, file, size } => {
-                if *size + text.len() as u64 > ROTATE_AT {
-                    rotate(path, file, size);
-                }
-                if file.write_all(text.as_bytes()).is_ok() {
-                    *size += text.len() as u64;
-                }
-            }
+            Sink::File {
+                path,
+                file,
+                dropped,
+            } => write_capped(path, file, dropped, &self.netname, &text),
         }
     }
 
@@ -120,18 +121,67 @@ fn open_append(path: &Path) -> io::Result<(File, u64)> {
     Ok((file, meta.len()))
 }
 
-/// Keep one old log: `<log>` becomes `<log>.1`. Several listeners (one per
-/// address) may share the file; one of them renames it and the others keep
-/// appending to `.1` until their own size count says to rotate, which loses
-/// nothing.
-fn rotate(path: &Path, file: &mut File, size: &mut u64) {
+/// Append `text` unless that takes the file past `ROTATE_AT` and it cannot
+/// be rotated. Several listeners (one per address) may share the file, so
+/// the size is the file's, not a count of our own lines, and a file that
+/// another listener rotated away is left for the new one.
+fn write_capped(path: &Path, file: &mut File, dropped: &mut u64, netname: &str, text: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata().ok();
+    let current = std::fs::metadata(path).ok();
+    let moved = match (&ours, &current) {
+        (Some(a), Some(b)) => (a.dev(), a.ino()) != (b.dev(), b.ino()),
+        _ => true,
+    };
+    let mut size = ours.map_or(0, |m| m.len());
+    if moved {
+        if let Ok((new, len)) = open_append(path) {
+            *file = new;
+            size = len;
+        }
+    }
+    let note = match *dropped {
+        0 => String::new(),
+        n => format!(
+            "{} p2p-annex[{}] {netname}: {n} log lines dropped: the log was full and could not \
+             be rotated\n",
+            utc_timestamp(SystemTime::now()),
+            std::process::id()
+        ),
+    };
+    let len = (note.len() + text.len()) as u64;
+    if size + len > ROTATE_AT {
+        match rotate(path) {
+            Some(new) => *file = new,
+            None => {
+                *dropped += 1;
+                return;
+            }
+        }
+    }
+    if file.write_all(format!("{note}{text}").as_bytes()).is_ok() {
+        *dropped = 0;
+    }
+}
+
+/// Keep one old log: `<log>` becomes `<log>.1`, and a new `<log>` is
+/// returned. The new file is made first, under a name of its own, and moved
+/// into place only then: when no file can be made (no descriptor left, a
+/// full disk) nothing is renamed, and the caller drops the line rather
+/// than write past the cap to a file that is already `.1`.
+fn rotate(path: &Path) -> Option<File> {
     let mut old = path.as_os_str().to_owned();
     old.push(".1");
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(format!(".new.{}", std::process::id()));
+    let fresh = PathBuf::from(fresh);
+    let (file, _) = open_append(&fresh).ok()?;
     let _ = std::fs::rename(path, &old);
-    if let Ok((new, len)) = open_append(path) {
-        *file = new;
-        *size = len;
+    if std::fs::rename(&fresh, path).is_err() {
+        let _ = std::fs::remove_file(&fresh);
+        return None;
     }
+    Some(file)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`, without a date crate.
@@ -194,6 +244,42 @@ mod tests {
         let old = std::fs::metadata(dir.join("x.log.1")).unwrap().len();
         assert!(now <= ROTATE_AT && old <= ROTATE_AT, "{now} {old}");
         assert!(now > 0 && old > ROTATE_AT / 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two logs on one file (two listeners) and a rotation that cannot make
+    /// its new file: the cap holds throughout, and what was dropped is said.
+    #[test]
+    fn the_cap_holds_for_shared_files_and_failed_rotations() {
+        let dir = std::env::temp_dir().join(format!("p2p-annex-log2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.log");
+        let (a, b) = (
+            Log::file("tcp", &path).unwrap(),
+            Log::file("tcp", &path).unwrap(),
+        );
+        let filler = "x".repeat(1000);
+        for _ in 0..3000 {
+            a.line(format_args!("{filler}"));
+            b.line(format_args!("{filler}"));
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let old = dir.join("x.log.1");
+        assert!(size(&path) <= ROTATE_AT && size(&old) <= ROTATE_AT);
+        // The rotation's new file cannot be made: a directory is in its way
+        // (as root, permissions would not stop it).
+        let fresh = dir.join(format!("x.log.new.{}", std::process::id()));
+        std::fs::create_dir(&fresh).unwrap();
+        for _ in 0..3000 {
+            a.line(format_args!("{filler}"));
+        }
+        assert!(size(&path) <= ROTATE_AT && size(&old) <= ROTATE_AT);
+        std::fs::remove_dir(&fresh).unwrap();
+        a.line(format_args!("after"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("log lines dropped"), "{}", &text[..200]);
+        assert!(text.ends_with("after\n"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

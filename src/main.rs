@@ -42,6 +42,7 @@ fn main() {
         shim();
     }
     sys::close_inherited_fds();
+    sys::raise_fd_limit();
     // std has already set SIGPIPE to "ignore": a peer or a parent that goes
     // away shows up as EPIPE, which the relay handles, not as a signal.
     let code = match cli::parse(std::env::args_os()) {

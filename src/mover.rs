@@ -52,7 +52,10 @@ pub enum Failure {
 pub enum Mover {
     Copy(Option<Vec<u8>>),
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    Splice(splice::Splice),
+    /// With whether splice has moved bytes in this direction yet: once it
+    /// has, EINVAL is no refusal of these descriptors but an error of the
+    /// socket (a route that became a black hole gives it).
+    Splice(splice::Splice, bool),
 }
 
 impl Mover {
@@ -60,7 +63,7 @@ impl Mover {
     pub fn choose(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Mover {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Some(s) = splice::Splice::choose(src, dst) {
-            return Mover::Splice(s);
+            return Mover::Splice(s, false);
         }
         let _ = (src, dst);
         Mover::Copy(None)
@@ -73,8 +76,13 @@ impl Mover {
         match self {
             Mover::Copy(buf) => copy(buf.get_or_insert_with(|| vec![0u8; COPY_BUF]), src, dst),
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            Mover::Splice(s) => match s.step(src, dst) {
-                Ok(result) => result,
+            Mover::Splice(s, proven) => match s.step(src, dst, *proven) {
+                Ok(result) => {
+                    if let Ok(Step::Moved(_)) = result {
+                        *proven = true;
+                    }
+                    result
+                }
                 Err(splice::Refused { moved }) => {
                     *self = Mover::Copy(None);
                     if moved > 0 {
@@ -231,15 +239,18 @@ mod splice {
             }
         }
 
+        /// `proven`: splice has worked for these descriptors before, so
+        /// EINVAL is the socket's error, not a refusal.
         pub fn step(
             &mut self,
             src: BorrowedFd<'_>,
             dst: BorrowedFd<'_>,
+            proven: bool,
         ) -> Result<Result<Step, Failure>, Refused> {
             match self {
-                Splice::Direct { sink_is_pipe } => direct(src, dst, *sink_is_pipe),
+                Splice::Direct { sink_is_pipe } => direct(src, dst, *sink_is_pipe, proven),
                 Splice::Piped(Some(pipe)) => {
-                    let result = piped(src, dst, pipe.r.as_fd(), pipe.w.as_fd());
+                    let result = piped(src, dst, pipe.r.as_fd(), pipe.w.as_fd(), proven);
                     if let Ok(Ok(Step::Moved(n))) = result {
                         pipe.note_batch(n, src);
                     }
@@ -248,7 +259,7 @@ mod splice {
                 Splice::Piped(pipe) => {
                     // No descriptor or memory left for a pipe: copy instead.
                     *pipe = Some(Pipe::new().map_err(|_| Refused { moved: 0 })?);
-                    self.step(src, dst)
+                    self.step(src, dst, proven)
                 }
             }
         }
@@ -284,6 +295,7 @@ mod splice {
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         sink_is_pipe: bool,
+        proven: bool,
     ) -> Result<Result<Step, Failure>, Refused> {
         let result = loop {
             // Blocking, like write(2): returns once it moved what the
@@ -302,7 +314,7 @@ mod splice {
             Err(Errno::EAGAIN) => wait_writable(dst)
                 .map(|()| Step::Again)
                 .map_err(Failure::Sink),
-            Err(e) if refused(e) => return Err(Refused { moved: 0 }),
+            Err(e) if !proven && refused(e) => return Err(Refused { moved: 0 }),
             Err(Errno::EPIPE) => Err(Failure::Sink(Errno::EPIPE)),
             Err(e) if sink_is_pipe => Err(Failure::Source(e)),
             Err(e) => Err(Failure::Sink(e)),
@@ -315,6 +327,7 @@ mod splice {
         dst: BorrowedFd<'_>,
         pipe_r: BorrowedFd<'_>,
         pipe_w: BorrowedFd<'_>,
+        proven: bool,
     ) -> Result<Result<Step, Failure>, Refused> {
         // Our pipe is empty here. Take what the source has without waiting
         // for more: the relay polled, this is what it saw.
@@ -325,7 +338,7 @@ mod splice {
                 Ok(n) => break n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(Ok(Step::Again)),
-                Err(e) if refused(e) => return Err(Refused { moved: 0 }),
+                Err(e) if !proven && refused(e) => return Err(Refused { moved: 0 }),
                 Err(e) => return Ok(Err(Failure::Source(e))),
             }
         };
@@ -341,7 +354,7 @@ mod splice {
                         return Ok(Err(Failure::Sink(e)));
                     }
                 }
-                Err(e) if refused(e) => {
+                Err(e) if !proven && refused(e) => {
                     // The sink takes write(2) only: the rest goes out that
                     // way, then the direction stays on read/write.
                     return match copy_out(pipe_r, dst, left) {

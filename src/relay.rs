@@ -85,12 +85,19 @@ fn socket_shutdown(fd: &OwnedFd, how: Shutdown) {
 }
 
 /// What a finished relay did: bytes each way, and the error that ended it
-/// early, if one did.
+/// early, if one did, with the end it came from.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub a_to_b: u64,
     pub b_to_a: u64,
     pub error: Option<io::Error>,
+    /// Which end failed: `Some(true)` for `a`, `Some(false)` for `b`.
+    pub failed_a: Option<bool>,
+    /// Writing to `a` broke: it reset, timed out, or was shut down. Not an
+    /// error of the relay (the reader went away), but the kernel reports
+    /// why to only one of the two directions, or to none when a splice had
+    /// moved bytes before it failed.
+    pub broke_a: bool,
 }
 
 /// Bytes moved so far, readable while the relay runs (`p2p-annex status`).
@@ -113,14 +120,26 @@ pub fn run_counted(a: &End, b: &End, progress: &Progress) -> io::Result<Outcome>
             .name("relay".into())
             .stack_size(THREAD_STACK)
             .spawn_scoped(scope, || direction(b, a, &link, [a, b], &progress.b_to_a))?;
-        let err_ab = direction(a, b, &link, [a, b], &progress.a_to_b);
-        let err_ba = other
-            .join()
-            .unwrap_or_else(|_| Some(io::Error::other("relay thread panicked")));
+        // Each error comes with whether it came from the direction's
+        // source; the a-to-b direction's source is `a`.
+        let (err_ab, _) = direction(a, b, &link, [a, b], &progress.a_to_b);
+        let (err_ba, broke_a) = other.join().unwrap_or_else(|_| {
+            (
+                Some((io::Error::other("relay thread panicked"), false)),
+                false,
+            )
+        });
+        let (error, failed_a) = match (err_ab, err_ba) {
+            (Some((e, from_src)), _) => (Some(e), Some(from_src)),
+            (None, Some((e, from_src))) => (Some(e), Some(!from_src)),
+            (None, None) => (None, None),
+        };
         Ok(Outcome {
             a_to_b: progress.a_to_b.load(Ordering::Relaxed),
             b_to_a: progress.b_to_a.load(Ordering::Relaxed),
-            error: err_ab.or(err_ba),
+            error,
+            failed_a,
+            broke_a,
         })
     })
 }
@@ -164,42 +183,45 @@ impl Link {
 enum Ending {
     /// The source reached EOF (or drained), and the EOF was passed on.
     Done,
-    /// The sink can take no more bytes.
-    SinkGone,
+    /// The sink can take no more bytes; `true` when it broke (an error
+    /// pending on it, or a write that failed) rather than hung up.
+    SinkGone(bool),
     /// The other direction failed; this one stopped.
     Aborted,
 }
 
 /// Run one direction and tell the other how it ended. Counts the bytes
 /// moved in `moved`; returns the error that ended the relay if this
-/// direction failed.
+/// direction failed, and whether its source (rather than its sink) failed;
+/// and whether the sink broke.
 fn direction(
     src: &End,
     dst: &End,
     link: &Link,
     ends: [&End; 2],
     moved: &AtomicU64,
-) -> Option<io::Error> {
+) -> (Option<(io::Error, bool)>, bool) {
     match pump(src, dst, link, moved) {
-        Ok(Ending::Done) | Ok(Ending::Aborted) => None,
-        Ok(Ending::SinkGone) => {
+        Ok(Ending::Done) | Ok(Ending::Aborted) => (None, false),
+        Ok(Ending::SinkGone(broke)) => {
             src.close_read();
             link.raise(DRAIN);
-            None
+            (None, broke)
         }
-        Err(e) => {
+        Err((e, from_src)) => {
             link.raise(ABORT);
             // A thread blocked in write(2) does not see the wake-up pipe;
             // shutting the sockets down makes that write return.
             for end in ends {
                 end.abort();
             }
-            Some(e)
+            (Some((e, from_src)), false)
         }
     }
 }
 
-fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Ending> {
+/// Errors say whether they came from the source (true) or the sink.
+fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> Result<Ending, (io::Error, bool)> {
     let mut mover = Mover::choose(src.reader(), dst.writer());
     let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
     loop {
@@ -229,16 +251,17 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Endi
             }
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err((e.into(), true)),
         }
         let src_ev = fds[0].revents().unwrap_or(PollFlags::empty());
         let dst_ev = fds[1].revents().unwrap_or(PollFlags::empty());
         if src_ev.contains(PollFlags::POLLNVAL) || dst_ev.contains(PollFlags::POLLNVAL) {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
+            let from_src = src_ev.contains(PollFlags::POLLNVAL);
+            return Err((io::Error::from_raw_os_error(libc::EBADF), from_src));
         }
         // Checked before the source: bytes read now could not be delivered.
         if dst_ev.intersects(gone) {
-            return Ok(Ending::SinkGone);
+            return Ok(Ending::SinkGone(dst_ev.contains(PollFlags::POLLERR)));
         }
         // POLLHUP/POLLERR on the source: read anyway, the read tells EOF,
         // data still buffered, or the error.
@@ -258,8 +281,11 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> io::Result<Endi
                 return Ok(Ending::Done);
             }
             // The reader went away: nobody wants these bytes any more.
-            Err(Failure::Sink(Errno::EPIPE | Errno::ECONNRESET)) => return Ok(Ending::SinkGone),
-            Err(Failure::Source(e) | Failure::Sink(e)) => return Err(e.into()),
+            Err(Failure::Sink(Errno::EPIPE | Errno::ECONNRESET)) => {
+                return Ok(Ending::SinkGone(true));
+            }
+            Err(Failure::Source(e)) => return Err((e.into(), true)),
+            Err(Failure::Sink(e)) => return Err((e.into(), false)),
         }
     }
 }

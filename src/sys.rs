@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::socket::{setsockopt, sockopt};
@@ -39,27 +40,97 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// TCP keepalive timing: a peer that vanished on an idle connection (the
-/// change-notification connections remotedaemon keeps open) is noticed
-/// after 60 s idle + 6 probes 10 s apart, two minutes in all.
+/// How long a peer may leave our bytes unacknowledged, or stay silent on
+/// an idle connection, before we give up on it, unless `user-timeout` says
+/// otherwise. Linux's own bound is tcp_retries2, about 15 minutes, and all
+/// that time `git annex get` hangs on a peer that vanished mid-transfer.
+pub const DEFAULT_USER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// TCP keepalive timing for the default user timeout: a peer that vanished
+/// on an idle connection (the change-notification connections remotedaemon
+/// keeps open) is noticed after 60 s idle + 6 probes 10 s apart, two
+/// minutes in all, the same bound as for bytes in flight.
 const KEEPALIVE_IDLE_SECS: u32 = 60;
 const KEEPALIVE_INTERVAL_SECS: u32 = 10;
 const KEEPALIVE_PROBES: u32 = 6;
 
 /// Options for every TCP socket we own: no Nagle (the P2P protocol is small
-/// request/response messages, Nagle cost 25x on small files, DESIGN.md) and
-/// keepalive to find dead peers.
-pub fn tune_tcp(sock: &impl AsFd) -> io::Result<()> {
+/// request/response messages, Nagle cost 25x on small files, DESIGN.md),
+/// keepalive, and the user timeout (see `set_user_timeout`).
+pub fn tune_tcp(sock: &impl AsFd, user_timeout: Duration) -> io::Result<()> {
     let fd = sock.as_fd();
     setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
     setsockopt(&fd, sockopt::KeepAlive, &true)?;
+    set_user_timeout(&fd, user_timeout)
+}
+
+/// Bound the time a dead peer can hold a connection, in both of the ways a
+/// peer can be waited for (Linux, tcp(7)):
+/// - bytes we sent stay unacknowledged: TCP_USER_TIMEOUT ends the
+///   connection after `limit` (ETIMEDOUT), where the kernel would retry
+///   for about 15 minutes;
+/// - we only receive, or nothing moves: no retransmission runs, only
+///   keepalive probes; with TCP_USER_TIMEOUT set, the first probe that goes
+///   unanswered once `limit` has passed since the peer was last heard ends
+///   the connection. So the probes start at half the limit (at most 60 s)
+///   and repeat every twelfth of it (at most 10 s): 60 s + 6 x 10 s for
+///   the default two minutes, about 5 s for a limit of 5 s.
+///
+/// Zero leaves both to the kernel's defaults for the user timeout and keeps
+/// the default keepalive timing.
+pub fn set_user_timeout(sock: &impl AsFd, limit: Duration) -> io::Result<()> {
+    let fd = sock.as_fd();
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        setsockopt(&fd, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_SECS)?;
-        setsockopt(&fd, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_SECS)?;
+        let (idle, interval) = keepalive_timing(limit);
+        setsockopt(&fd, sockopt::TcpKeepIdle, &idle)?;
+        setsockopt(&fd, sockopt::TcpKeepInterval, &interval)?;
         setsockopt(&fd, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+        let ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+        setsockopt(&fd, sockopt::TcpUserTimeout, &ms)?;
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (fd, limit);
     Ok(())
+}
+
+/// Keepalive idle time and probe interval, in seconds, for a user timeout.
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+fn keepalive_timing(limit: Duration) -> (u32, u32) {
+    if limit.is_zero() {
+        return (KEEPALIVE_IDLE_SECS, KEEPALIVE_INTERVAL_SECS);
+    }
+    let secs = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
+    (
+        (secs / 2).clamp(1, KEEPALIVE_IDLE_SECS),
+        (secs / 12).clamp(1, KEEPALIVE_INTERVAL_SECS),
+    )
+}
+
+/// Let a listening socket bind an address that is not on this host (yet):
+/// IP_FREEBIND on Linux. The option lives at the IP level, which Linux also
+/// honours on IPv6 sockets (ipv6_setsockopt passes SOL_IP options on), so
+/// it works on kernels older than IPV6_FREEBIND (4.15) too. Elsewhere the
+/// bind fails with EADDRNOTAVAIL and the listener retries (listen.rs).
+pub fn allow_absent_address(sock: &impl AsFd) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = setsockopt(&sock.as_fd(), sockopt::IpFreebind, &true);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = sock;
+}
+
+/// Raise the soft limit on open descriptors to the hard limit: a listener
+/// holds three or four per connection (peer socket, local socket, pipes of
+/// the splice path), and Linux's usual soft limit of 1024 is reached long
+/// before its hard limit. Where the hard limit is "unlimited" (macOS), the
+/// kernel refuses it as a soft limit; the old limit then stays.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Random bits for picking ports and tokens. Not for secrets: git-annex's
@@ -297,4 +368,21 @@ pub fn signal_pipe_on_child_exit() -> io::Result<()> {
     // SAFETY: the handler only calls async-signal-safe functions.
     unsafe { sigaction(Signal::SIGCHLD, &action) }?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_follows_the_user_timeout() {
+        let secs = Duration::from_secs;
+        // The default: 60 s + 6 x 10 s, two minutes, as before.
+        assert_eq!(keepalive_timing(DEFAULT_USER_TIMEOUT), (60, 10));
+        assert_eq!(keepalive_timing(Duration::ZERO), (60, 10));
+        assert_eq!(keepalive_timing(secs(5)), (2, 1));
+        assert_eq!(keepalive_timing(secs(30)), (15, 2));
+        assert_eq!(keepalive_timing(secs(3600)), (60, 10));
+        assert_eq!(keepalive_timing(Duration::from_millis(500)), (1, 1));
+    }
 }

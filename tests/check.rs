@@ -326,7 +326,7 @@ fn serving_faults_fail_with_their_advice() {
 
     // A stray listener of ours holds the enabled port, relaying to an old
     // socket file as an orphan of an earlier run would: remotedaemon's own
-    // listener cannot bind the port, exits, and its log says why.
+    // listener cannot bind the port; it waits for it, and its log says why.
     let port = a.config_get_all("p2p-annex.tcp.port").remove(0);
     let old = env.root().join("old.sock");
     let _old = UnixListener::bind(&old).expect("bind the old socket");
@@ -337,28 +337,29 @@ fn serving_faults_fail_with_their_advice() {
         old.to_str().expect("UTF-8 path"),
     );
     a.annex(&["remotedaemon"]);
+    let log = a.path().join(".git/annex/p2p-annex.tcp.log");
+    let busy = format!("cannot listen on 127.0.0.1:{port}: address already in use; will try again");
     let mut first = None;
-    let listener_exited = wait_until(Duration::from_secs(15), || {
-        let table = all_procs();
-        first = table
+    let listener_waits = wait_until(Duration::from_secs(15), || {
+        first = all_procs()
             .iter()
             .find(|p| p.is_remotedaemon() && p.cwd.as_deref() == Some(a.path()))
             .map(|p| p.pid);
-        table
-            .iter()
-            .any(|p| Some(p.ppid) == first && p.is_p2p_helper() && !p.alive())
+        first.is_some() && std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&busy))
     });
-    assert!(listener_exited, "remotedaemon's listener did not exit");
+    assert!(
+        listener_waits,
+        "remotedaemon's listener does not wait for the port: {:?}",
+        std::fs::read_to_string(&log)
+    );
     let first = first.expect("remotedaemon's pid");
     let got = check(&a, &[]);
     assert_exit(&got, 1);
     assert_fail(
         &got,
-        &format!(
-            "no listener for tcp:127.0.0.1:{port} runs under remotedaemon (1 exited); its log \
-             ends with: exiting: cannot listen on 127.0.0.1:{port}: address already in use"
-        ),
-        "remotedaemon never restarts a listener that exited: see .git/annex/p2p-annex.tcp.log",
+        &format!("but cannot listen yet; its log ends with: {busy}"),
+        "it keeps trying and serves as soon as it can: free the port (see any stray listener \
+         below) or bring up the address; its log is .git/annex/p2p-annex.tcp.log",
     );
     let needle = format!(
         "stray listener pid {} for tcp:127.0.0.1:{port}: its parent is pid {} (sleep 600), \
@@ -370,11 +371,18 @@ fn serving_faults_fail_with_their_advice() {
         &got,
         &needle,
         &format!(
-            "`kill {}`, then restart remotedaemon: `kill {first}`, then `git annex remotedaemon`",
+            "`kill {}`: remotedaemon's listener binds the port within 10 seconds",
             stray.pid
         ),
     );
     drop(stray);
+    // The port is free: the same listener binds it, without a restart.
+    let serving = wait_until(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains(&format!("listening on 127.0.0.1:{port}")))
+    });
+    assert!(serving, "{:?}", std::fs::read_to_string(&log));
+    assert_all_ok(&check(&a, &[]));
     kill(Pid::from_raw(first as i32), Signal::SIGTERM).expect("stop remotedaemon");
     assert!(wait_until(Duration::from_secs(10), || !alive(first)));
 

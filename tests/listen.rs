@@ -122,21 +122,62 @@ fn a_socket_that_refuses_closes_the_peer_and_the_listener_keeps_running() {
     );
 }
 
+/// A port another process holds: the listener does not exit (remotedaemon
+/// would never restart it), says so once, keeps watching its socket file,
+/// and serves once the port is free, without a restart.
 #[test]
-fn port_in_use_fails_at_once() {
+fn a_busy_port_is_waited_for_and_served_once_free() {
     let home = TempDir::new("busy");
+    let socket = home.path().join("annex.sock");
+    reversing_server(&socket);
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = holder.local_addr().expect("addr").port();
-    let (status, _, stderr) = run(p2p(home.path())
-        .args(["tcp", &format!("127.0.0.1:{port}")])
-        .arg(home.path().join("s")));
-    assert_eq!(status.code(), Some(1));
-    assert!(
-        stderr.contains(&format!(
-            "cannot listen on 127.0.0.1:{port}: address already in use"
-        )),
-        "{stderr}"
+    let start = |home: &Path, socket: &Path| {
+        let mut listener = Proc::spawn_logged(
+            p2p(home)
+                .args(["tcp", &format!("127.0.0.1:{port}")])
+                .arg(socket)
+                .stdin(Stdio::null()),
+        );
+        listener.wait_for_stderr(
+            &format!("cannot listen on 127.0.0.1:{port}: address already in use; will try again"),
+            DEADLINE,
+        );
+        listener
+    };
+    let mut listener = start(home.path(), &socket);
+    // Waiting is quiet: no exit, no line per try, for 3 s (8 tries).
+    assert!(listener.wait_timeout(Duration::from_secs(3)).is_none());
+    let said = listener.stderr_so_far();
+    assert!(said.is_empty(), "{said:?}");
+
+    // While it waits it still watches its socket file, and signals.
+    let other = home.path().join("other.sock");
+    let _other = UnixListener::bind(&other).expect("bind");
+    let mut watcher = start(home.path(), &other);
+    std::fs::remove_file(&other).expect("remove the socket file");
+    assert!(watcher.expect_exit(Duration::from_secs(3)).success());
+    let _other = UnixListener::bind(&other).expect("bind");
+    let watcher = start(home.path(), &other);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watcher.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let mut watcher = watcher;
+    assert!(watcher.expect_exit(Duration::from_secs(3)).success());
+
+    drop(holder);
+    let freed = std::time::Instant::now();
+    listener.wait_for_stderr(
+        &format!("listening on 127.0.0.1:{port}, relaying to"),
+        Duration::from_secs(30),
     );
+    // The retry delay doubles up to 10 s.
+    let took = freed.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    assert_eq!(exchange(conn, b"abc"), b"cba");
 }
 
 #[test]

@@ -30,3 +30,6 @@ mod security;
 mod serve;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;
+// Running unattended: binding before the address exists, vanished peers,
+// running out of descriptors (network namespaces; root).
+mod unattended;

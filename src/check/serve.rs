@@ -179,13 +179,30 @@ pub fn listeners(repo: &Repo) -> Vec<Check> {
             .iter()
             .find(|(p, args)| pids.contains(&p.ppid) && same_address(args, na));
         checks.push(match found {
-            Some((p, _)) => Check::ok(
-                KIND,
-                format!(
-                    "listener for {shown} runs (pid {}, under remotedaemon {})",
-                    p.pid, p.ppid
+            Some((p, _)) => match waiting(&log_file(repo, net), &net.name, p.pid) {
+                // It runs, but does not serve yet: it waits for its port or
+                // its address, and says so in its log.
+                Some(why) => Check::fail(
+                    KIND,
+                    format!(
+                        "listener for {shown} runs (pid {}, under remotedaemon {}) but cannot \
+                         listen yet; its log ends with: {why}",
+                        p.pid, p.ppid
+                    ),
+                    format!(
+                        "it keeps trying and serves as soon as it can: free the port (see any \
+                         stray listener below) or bring up the address; its log is {}",
+                        repo.show(&log_file(repo, net))
+                    ),
                 ),
-            ),
+                None => Check::ok(
+                    KIND,
+                    format!(
+                        "listener for {shown} runs (pid {}, under remotedaemon {})",
+                        p.pid, p.ppid
+                    ),
+                ),
+            },
             None => {
                 let log = log_file(repo, net);
                 let last = last_log_line(&log, &net.name)
@@ -241,6 +258,22 @@ fn last_log_line(log: &Path, netname: &str) -> Option<String> {
     Some(message.chars().take(200).collect())
 }
 
+/// Why the listener `pid` cannot listen yet, if its last word about
+/// binding says it is waiting (a busy port, an address or a name that is
+/// not there yet), rather than "listening on".
+fn waiting(log: &Path, netname: &str, pid: u32) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let prefix = format!("p2p-annex[{pid}] {netname}: ");
+    let last = text
+        .lines()
+        .rev()
+        .filter_map(|l| l.split_once(&prefix).map(|(_, m)| m.trim()))
+        .find(|m| m.starts_with("listening on ") || m.starts_with("cannot listen on "))?;
+    last.starts_with("cannot listen on ")
+        .then(|| last.chars().take(200).collect())
+}
+
 /// No listener of ours works in this repository outside its remotedaemon:
 /// an orphan from an earlier run, or one started by hand, holds its port
 /// (remotedaemon's own listener then cannot bind it) and relays peers to a
@@ -274,7 +307,8 @@ pub fn strays(repo: &Repo) -> Vec<Check> {
             };
             let mut fix = format!("`kill {}`", p.pid);
             if enabled && !daemons.is_empty() {
-                fix.push_str(&format!(", then {}", restart(repo)));
+                // remotedaemon's listener waits for the port (listen.rs).
+                fix.push_str(": remotedaemon's listener binds the port within 10 seconds");
             }
             Check::fail(
                 KIND,
@@ -314,5 +348,33 @@ mod tests {
         let got = last_log_line(&log, "tcp");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(got.as_deref(), Some("exiting: parent process 4700 is gone"));
+    }
+
+    #[test]
+    fn the_log_says_whether_a_listener_still_waits() {
+        let dir = std::env::temp_dir().join(format!("p2p-annex-unit-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("p2p-annex.tcp.log");
+        let busy = "cannot listen on 127.0.0.1:5599: address already in use; will try again, \
+                    every 10s at most";
+        std::fs::write(
+            &log,
+            format!(
+                "2026-11-25T12:00:00Z p2p-annex[4711] tcp: {busy}\n\
+                 2026-11-25T12:00:01Z p2p-annex[4712] tcp: listening on 127.0.0.1:5598\n\
+                 2026-11-25T12:00:02Z p2p-annex[4713] tcp: {busy}\n\
+                 2026-11-25T12:00:09Z p2p-annex[4713] tcp: listening on 127.0.0.1:5599, \
+                 relaying to s (after 5 tries in 7.0s)\n"
+            ),
+        )
+        .unwrap();
+        let (a, b, c) = (
+            waiting(&log, "tcp", 4711),
+            waiting(&log, "tcp", 4712),
+            waiting(&log, "tcp", 4713),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(a.as_deref(), Some(busy));
+        assert_eq!((b, c), (None, None));
     }
 }

@@ -6,6 +6,7 @@ pub mod unix;
 
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::addr::{self, HostPort};
 use crate::cli::Mode;
 use crate::config::Config;
 use crate::error::Error;
-use crate::listen::{self, Listener};
+use crate::listen::{self, Endpoint, Listener};
 use crate::log::Log;
 use crate::relay::{self, End};
 use crate::sys;
@@ -62,9 +63,19 @@ pub fn run(netname: &str, mode: Mode) -> Result<(), Error> {
     // the connection does not come up at once (see tcp::connect).
     if let (Mode::Connect(address), "tcp") = (&mode, netname) {
         let target = HostPort::parse(&decode(address)?)?;
-        let timeout =
-            || tcp::connect_timeout(&Config::load(netname)?, tcp::DEFAULT_CONNECT_TIMEOUT);
-        return relay_stdio(End::Socket(tcp::connect(&target, timeout)?.into()));
+        let mut loaded = None;
+        let timeout = || {
+            let cfg = Config::load(netname)?;
+            let t = tcp::connect_timeout(&cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
+            loaded = Some(cfg);
+            Ok(t)
+        };
+        let sock = tcp::connect(&target, timeout)?;
+        match loaded {
+            Some(cfg) => apply_user_timeout(&sock, &cfg)?,
+            None => user_timeout_later(&sock, netname),
+        }
+        return relay_stdio(End::Socket(sock.into()));
     }
     let mut cfg = Config::load(netname)?;
     let transport = Transport::for_netname(&cfg)?;
@@ -85,12 +96,17 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
         Transport::Tcp => {
             let target = HostPort::parse(&address)?;
             let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            End::Socket(tcp::connect(&target, || Ok(timeout))?.into())
+            let sock = tcp::connect(&target, || Ok(timeout))?;
+            apply_user_timeout(&sock, cfg)?;
+            End::Socket(sock.into())
         }
         Transport::Socks => {
             let target = HostPort::parse(&address)?;
             let settings = socks::Settings::from_config(cfg)?;
-            End::Socket(socks::connect(&settings, &target)?)
+            let sock = socks::connect(&settings, &target)?;
+            // Only a TCP proxy has a user timeout; a unix socket refuses it.
+            let _ = sys::set_user_timeout(&sock, tcp::user_timeout(cfg)?);
+            End::Socket(sock)
         }
         Transport::UnixSockets => {
             // A listener whose backlog is full must not hang us.
@@ -99,6 +115,40 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
         }
     };
     relay_stdio(peer)
+}
+
+fn apply_user_timeout(sock: &impl AsFd, cfg: &Config) -> Result<(), Error> {
+    sys::set_user_timeout(sock, tcp::user_timeout(cfg)?)
+        .map_err(|e| Error::io("cannot set the user timeout", e))
+}
+
+/// How long a fast-path connection runs before connect mode reads its
+/// configured `user-timeout` (see `user_timeout_later`).
+const USER_TIMEOUT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The fast path connected before reading configuration, with the default
+/// user timeout (two minutes) already on the socket. A configured
+/// `user-timeout` still applies: a thread reads configuration once the
+/// connection has run for a second and sets it on the live socket. That
+/// keeps `git config` off the critical path of start-up (BENCHMARKS.md), and
+/// a connection that is over within the second (most are) never runs git
+/// at all; a dead peer is still given up within the configured bound plus
+/// that second, and the default bound holds before. A bad value is
+/// reported and the default kept: the relay is already under way.
+fn user_timeout_later(sock: &std::net::TcpStream, netname: &str) {
+    let Ok(sock) = sock.try_clone() else { return };
+    let netname = netname.to_string();
+    let _ = std::thread::Builder::new()
+        .name("config".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            // The process exits when the relay ends, this thread with it.
+            std::thread::sleep(USER_TIMEOUT_AFTER);
+            let applied = Config::load(&netname).and_then(|cfg| apply_user_timeout(&sock, &cfg));
+            if let Err(e) = applied {
+                eprintln!("p2p-annex: {netname}: {e}");
+            }
+        });
 }
 
 /// Connect mode's relay: our stdin and stdout to the peer.
@@ -153,13 +203,9 @@ fn listen_on(
     let mut opts = listen::Options::from_config(cfg)?;
     opts.label = format!("{}\t{address}", cfg.netname());
     opts.control = git_dir.map(|dir| crate::status::control_path(dir, cfg.netname()));
-    let tcp_listeners =
-        |ls: Vec<std::net::TcpListener>| ls.into_iter().map(Listener::Tcp).collect();
-    let listeners = match transport {
-        Transport::Tcp => tcp::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners)?,
-        Transport::Socks => {
-            socks::listeners(cfg, &HostPort::parse(&address)?).map(tcp_listeners)?
-        }
+    let endpoints = match transport {
+        Transport::Tcp => tcp::endpoints(cfg, &HostPort::parse(&address)?)?,
+        Transport::Socks => socks::endpoints(cfg, &HostPort::parse(&address)?)?,
         Transport::UnixSockets => {
             if !opts.allow.is_empty() {
                 return Err(cfg.bad_value(
@@ -172,7 +218,7 @@ fn listen_on(
             let listener = unix::listener(&path)?;
             let bound = unix::Bound::new(&path);
             let result = listen::serve(
-                vec![Listener::Unix(listener)],
+                vec![Endpoint::Ready(Listener::Unix(listener))],
                 socket,
                 &opts,
                 Arc::clone(log),
@@ -181,7 +227,16 @@ fn listen_on(
             return result;
         }
     };
-    listen::serve(listeners, socket, &opts, Arc::clone(log))
+    let endpoints = endpoints
+        .into_iter()
+        .map(|at| Endpoint::Later {
+            shown: tcp::show(&at),
+            bind: Box::new(move || {
+                tcp::bind_all(&at).map(|ls| ls.into_iter().map(Listener::Tcp).collect())
+            }),
+        })
+        .collect();
+    listen::serve(endpoints, socket, &opts, Arc::clone(log))
 }
 
 /// Listen mode's log: stderr, unless stderr goes nowhere (remotedaemon

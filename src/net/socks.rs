@@ -4,7 +4,6 @@
 //! the network's daemon forwards to a local TCP port. The protocol itself is
 //! in `socks5`; this module only moves its bytes, within a deadline.
 
-use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -340,12 +339,12 @@ pub fn addresses(cfg: &Config) -> Result<Vec<String>, Error> {
 
 /// Listen mode binds where the network's daemon forwards to: each `listen`
 /// value, by default 127.0.0.1 on the address's port.
-pub fn listeners(cfg: &Config, target: &HostPort) -> Result<Vec<TcpListener>, Error> {
+pub fn endpoints(cfg: &Config, target: &HostPort) -> Result<Vec<HostPort>, Error> {
     let mut values = cfg.get_all("listen");
     if values.is_empty() {
         values.push(DEFAULT_LISTEN);
     }
-    tcp::bind_each(cfg, "listen", &values, target.port)
+    tcp::parse_binds(cfg, "listen", &values, target.port)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::addr::{Host, HostPort};
 use crate::config::Config;
 use crate::error::Error;
+use crate::listen::BindFailure;
 use crate::sys;
 
 /// How long connect mode tries before giving up, when not configured.
@@ -122,7 +123,9 @@ fn wait_connected(sock: &OwnedFd, within: Duration) -> io::Result<bool> {
 fn established(sock: OwnedFd) -> io::Result<TcpStream> {
     let stream = TcpStream::from(sock);
     stream.set_nonblocking(false)?;
-    sys::tune_tcp(&stream)?;
+    // The configured user timeout, if any, is applied by the caller once it
+    // has read configuration (connect mode may not have yet).
+    sys::tune_tcp(&stream, sys::DEFAULT_USER_TIMEOUT)?;
     Ok(stream)
 }
 
@@ -169,6 +172,13 @@ pub fn connect_timeout(cfg: &Config, default: Duration) -> Result<Duration, Erro
         return Err(cfg.bad_value("connect-timeout", "0", "a duration above zero"));
     }
     Ok(t)
+}
+
+/// How long a peer may leave our bytes unacknowledged or stay silent
+/// before we give up on it (`user-timeout`, see `sys::set_user_timeout`);
+/// `0` leaves it to the kernel.
+pub fn user_timeout(cfg: &Config) -> Result<Duration, Error> {
+    cfg.duration("user-timeout", sys::DEFAULT_USER_TIMEOUT)
 }
 
 /// Address mode: `HOST:PORT` for each configured `address`, or for each
@@ -304,76 +314,120 @@ fn usable(ip: IpAddr) -> bool {
     }
 }
 
-/// Where listen mode binds: each `bind` value, or the address's own host;
-/// the wildcard on the same port when that host is not an address of this
-/// machine (a NAT router's name, say).
-pub fn listeners(cfg: &Config, target: &HostPort) -> Result<Vec<TcpListener>, Error> {
+/// Where listen mode binds: each `bind` value, or else the address's own
+/// host (a name is resolved at each try). Never the wildcard, unless a
+/// `bind` value is one (`::` or `0.0.0.0`): the wildcard would serve
+/// plaintext on every interface, LAN included, when the address is meant
+/// for an overlay. An address that is not on this host (yet) is bound
+/// anyway where the system allows it, and waited for where it does not
+/// (see `bind_all`).
+pub fn endpoints(cfg: &Config, target: &HostPort) -> Result<Vec<HostPort>, Error> {
     let binds = cfg.get_all("bind");
     if !binds.is_empty() {
-        return bind_each(cfg, "bind", &binds, target.port);
+        return parse_binds(cfg, "bind", &binds, target.port);
     }
-    // A name that does not resolve here is treated like a foreign address.
-    let candidates = resolve(target).unwrap_or_default();
-    let mut out = Vec::new();
-    for addr in candidates {
-        match TcpListener::bind(addr) {
-            Ok(l) => out.push(l),
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
-            Err(cause) => {
-                return Err(Error::Bind {
-                    target: addr.to_string(),
-                    cause,
-                });
-            }
-        }
-    }
-    if out.is_empty() {
-        out.push(bind_wildcard(target.port)?);
-    }
-    Ok(out)
+    Ok(vec![target.clone()])
 }
 
-/// Bind each value of the config key `key` (see `parse_bind`); `port` is
-/// the address's, for values without their own.
-pub fn bind_each(
+/// Each value of the config key `key` (see `parse_bind`); `port` is the
+/// address's, for values without their own.
+pub fn parse_binds(
     cfg: &Config,
     key: &str,
     values: &[&str],
     port: u16,
-) -> Result<Vec<TcpListener>, Error> {
-    let mut out = Vec::new();
-    for v in values {
-        let addr = parse_bind(v, port)
-            .ok_or_else(|| cfg.bad_value(key, v, "an IP address, IPV4:PORT or [IPV6]:PORT"))?;
-        out.push(bind(addr)?);
+) -> Result<Vec<HostPort>, Error> {
+    values
+        .iter()
+        .map(|v| {
+            let addr = parse_bind(v, port)
+                .ok_or_else(|| cfg.bad_value(key, v, "an IP address, IPV4:PORT or [IPV6]:PORT"))?;
+            Ok(HostPort {
+                host: Host::from_ip(addr.ip()),
+                port: addr.port(),
+            })
+        })
+        .collect()
+}
+
+/// An endpoint as the log shows it: `[::1]:5599`, `host.example:5599`.
+pub fn show(at: &HostPort) -> String {
+    match &at.host {
+        Host::V4(ip) => format!("{ip}:{}", at.port),
+        Host::V6(ip, None) => format!("[{ip}]:{}", at.port),
+        Host::V6(ip, Some(zone)) => format!("[{ip}%{zone}]:{}", at.port),
+        Host::Name(name) => format!("{name}:{}", at.port),
     }
-    Ok(out)
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).map_err(|cause| Error::Bind {
-        target: addr.to_string(),
-        cause,
-    })
-}
-
-/// `[::]` takes IPv4 too (dual stack); hosts without IPv6 get `0.0.0.0`.
-fn bind_wildcard(port: u16) -> Result<TcpListener, Error> {
-    match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
-        Ok(l) => Ok(l),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
-        }
-        Err(cause) => Err(Error::Bind {
-            target: format!("*:{port}"),
+/// Bind every address of `at` (a name may have several), or none. What
+/// may be mended by waiting is `Later`: a name that does not resolve yet,
+/// an interface or address that is not there yet, a port another process
+/// holds. Anything else (no permission for the port, say) is `Never`.
+/// A name goes through the system resolver, which blocks the listener's
+/// watch loop for as long as it takes (at most its own timeout, 5 s per
+/// try by default; it fails at once when no network is up).
+pub fn bind_all(at: &HostPort) -> Result<Vec<TcpListener>, BindFailure> {
+    let addrs = resolve(at).map_err(|cause| {
+        BindFailure::Later(Error::Bind {
+            target: show(at),
             cause,
-        }),
+        })
+    })?;
+    addrs
+        .into_iter()
+        .map(|addr| {
+            bind_one(addr).map_err(|cause| {
+                let later = matches!(
+                    cause.raw_os_error(),
+                    Some(
+                        libc::EADDRINUSE
+                            | libc::EADDRNOTAVAIL
+                            | libc::ENODEV
+                            | libc::ENETDOWN
+                            | libc::ENETUNREACH
+                    )
+                );
+                let e = Error::Bind {
+                    target: addr.to_string(),
+                    cause,
+                };
+                if later {
+                    BindFailure::Later(e)
+                } else {
+                    BindFailure::Never(e)
+                }
+            })
+        })
+        .collect()
+}
+
+/// A listening socket on `addr`. SO_REUSEADDR, as std sets it, so a new
+/// listener can bind while connections of the old one are in TIME_WAIT.
+/// On Linux an address that is not on the host yet is bound all the same
+/// (IP_FREEBIND): an overlay's address appears when its daemon comes up,
+/// often after remotedaemon at boot, and peers reach us the moment it does.
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
+        setsockopt, socket, sockopt,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let sock = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&sock, sockopt::ReuseAddr, &true)?;
+    if !addr.ip().is_unspecified() {
+        sys::allow_absent_address(&sock);
     }
+    match addr {
+        SocketAddr::V4(v4) => bind(sock.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => bind(sock.as_raw_fd(), &SockaddrIn6::from(v6))?,
+    }
+    listen(&sock, Backlog::new(libc::SOMAXCONN)?)?;
+    Ok(TcpListener::from(sock))
 }
 
 /// A `bind` value: an IP address (the port is the address's), or with its

@@ -909,9 +909,17 @@ impl<'e> Repo<'e> {
     /// relay race (doc/upstream/connectdone-race.md) from hanging a fetch:
     /// a hang here is a failure, never retried.
     pub fn fetch(&self, remote: &str) -> Outcome {
-        self.cmd("git", &["fetch", "-q", remote])
-            .deadline(FETCH_DEADLINE)
-            .ok()
+        self.fetch_via(&[], remote)
+    }
+
+    /// `fetch`, with git run under `prefix` (`ip netns exec NS`, say).
+    pub fn fetch_via(&self, prefix: &[&str], remote: &str) -> Outcome {
+        let args: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain(["git", "fetch", "-q", remote])
+            .collect();
+        self.cmd(args[0], &args[1..]).deadline(FETCH_DEADLINE).ok()
     }
 
     /// Annexes the files and commits them.
@@ -968,12 +976,22 @@ impl<'e> Repo<'e> {
     /// returns; a failed link leaves no remote behind). Returns the remote's
     /// URL, `p2p-annex::<netname>:<address>`.
     pub fn link(&self, name: &str, address: &Secret) -> String {
+        self.link_via(&[], name, address)
+    }
+
+    /// `link`, with git-annex run under `prefix` (`ip netns exec NS`, say).
+    pub fn link_via(&self, prefix: &[&str], name: &str, address: &Secret) -> String {
         let start = Instant::now();
         let mut tries = 0;
         loop {
             tries += 1;
+            let args: Vec<&str> = prefix
+                .iter()
+                .copied()
+                .chain(["git", "annex", "p2p", "--link", "--name", name])
+                .collect();
             let got = self
-                .annex_cmd(&["p2p", "--link", "--name", name])
+                .cmd(args[0], &args[1..])
                 .stdin(format!("{}\n", address.0))
                 .deadline(DAEMON_START)
                 .run();
@@ -1003,6 +1021,12 @@ impl<'e> Repo<'e> {
     /// per enabled address. Dropping the guard stops serve, and serve stops
     /// remotedaemon and the listeners.
     pub fn serve(&self) -> Background<'e> {
+        self.serve_via(&[])
+    }
+
+    /// `serve`, run under `prefix` (`ip netns exec NS`, which execs it:
+    /// the pid stays serve's).
+    pub fn serve_via(&self, prefix: &[&str]) -> Background<'e> {
         let expected = self.own_p2p_addresses().len();
         assert!(
             expected > 0,
@@ -1010,21 +1034,15 @@ impl<'e> Repo<'e> {
             self.dir.display()
         );
         let bin = super::bin();
-        let mut serve = self
-            .cmd(bin.to_str().expect("UTF-8 binary path"), &["serve"])
-            .spawn();
+        let args: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain([bin.to_str().expect("UTF-8 binary path"), "serve"])
+            .collect();
+        let mut serve = self.cmd(args[0], &args[1..]).spawn();
         let start = Instant::now();
         loop {
-            let table = all_procs();
-            let daemons: BTreeSet<u32> = table
-                .iter()
-                .filter(|p| p.ppid == serve.pid() && p.alive() && p.is_remotedaemon())
-                .map(|p| p.pid)
-                .collect();
-            let live = table
-                .iter()
-                .filter(|p| daemons.contains(&p.ppid) && p.alive() && p.is_p2p_helper())
-                .count();
+            let live = served_listeners(serve.pid()).len();
             if live >= expected {
                 return serve;
             }
@@ -1044,6 +1062,11 @@ impl<'e> Repo<'e> {
     /// Starts `git annex remotedaemon` (which daemonizes) and waits until it
     /// runs one listener per enabled address. The guard stops them all.
     pub fn start_remotedaemon(&self) -> RemoteDaemon<'e> {
+        self.start_remotedaemon_via(&[])
+    }
+
+    /// `start_remotedaemon`, run under `prefix` (`ip netns exec NS`, say).
+    pub fn start_remotedaemon_via(&self, prefix: &[&str]) -> RemoteDaemon<'e> {
         let expected = self.own_p2p_addresses().len();
         assert!(
             expected > 0,
@@ -1057,11 +1080,31 @@ impl<'e> Repo<'e> {
             listeners: Vec::new(),
             _env: self.env,
         };
-        self.annex(&["remotedaemon"]);
+        let args: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain(["git", "annex", "remotedaemon"])
+            .collect();
+        self.cmd(args[0], &args[1..]).ok();
         guard.find_daemon();
         guard.wait_for_listeners(expected);
         guard
     }
+}
+
+/// The live listeners of the remotedaemon that `p2p-annex serve` (pid
+/// `serve`) runs.
+pub fn served_listeners(serve: u32) -> Vec<Proc> {
+    let table = all_procs();
+    let daemons: BTreeSet<u32> = table
+        .iter()
+        .filter(|p| p.ppid == serve && p.alive() && p.is_remotedaemon())
+        .map(|p| p.pid)
+        .collect();
+    table
+        .into_iter()
+        .filter(|p| daemons.contains(&p.ppid) && p.alive() && p.is_p2p_helper())
+        .collect()
 }
 
 /// A `p2p-annex::<netname>:<address>:<token>` line: Debug shows no token.

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod annex;
 pub mod danted;
+pub mod netns;
 pub mod peers;
 
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ pub fn helper(link: &Path, home: &Path) -> Command {
     cmd
 }
 
-fn isolate(cmd: &mut Command, home: &Path) {
+pub fn isolate(cmd: &mut Command, home: &Path) {
     cmd.env("HOME", home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
