@@ -140,6 +140,16 @@ static-armv7:
 		-Zbuild-std=std,panic_abort --target $(ARMV7)
 	@ls -l $(TARGET_DIR)/$(ARMV7)/release/p2p-annex
 
+# --- binary sizes (issue 16) --------------------------------------------------
+# Builds the glibc and static binaries (armv7 too where its toolchain is
+# installed) and prints their sizes as the README's table: the README's
+# numbers come from here, never from memory.
+sizes: all static
+	@if $(ARMV7_READY); then $(MAKE) --no-print-directory static-armv7 >/dev/null; \
+	else echo "sizes: armv7 left out (make cross-deps CROSS_ARMV7=yes)" >&2; fi
+	@tests/tools/sizes.sh $(TARGET_DIR) $(STATIC_TARGETS) $(ARMV7)
+# --- end binary sizes ---------------------------------------------------------
+
 # What the static builds and the emulated tests need: rustup's musl targets,
 # qemu-user-static (apt, as root) and, for armv7, nightly's rust-src with
 # Debian's armhf musl and cross gcc. Idempotent.

@@ -21,3 +21,5 @@ mod e2e_annex;
 mod check;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;
+// The configuration keys of --help, the man page, the README and src/ agree.
+mod docs;
