@@ -188,11 +188,15 @@ if [ "$SERVE" = serve ]; then
 else
 	# remotedaemon has no stop command (README): kill it; its listeners
 	# notice and exit by themselves.
-	pids=$(ps -o pid= -o args= -p "$(ours | tr '\n' ',' | sed 's/,$//')" 2>/dev/null |
-		awk '/remotedaemon/ { print $1 }')
+	pids=
+	for p in $(ours); do
+		case $( (tr '\0' ' ' <"/proc/$p/cmdline") 2>/dev/null) in
+		*remotedaemon*) pids="$pids $p" ;;
+		esac
+	done
 	[ -n "$pids" ] || die "no remotedaemon runs in A"
 	# shellcheck disable=SC2086 # a list of pids
-	kill $pids
+	kill $pids 2>/dev/null || true
 fi
 n=0
 while [ -n "$(ours)" ]; do
