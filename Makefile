@@ -186,6 +186,15 @@ check-vendor:
 demo: all git-annex
 	tests/tools/demo.sh $(BIN) $(GIT_ANNEX_DIR)
 
+# --- the first hour (issue 16) ---------------------------------------------
+# The README's steps as a new user takes them, in a clone of this commit with
+# a fresh HOME and the system's PATH: make, make install and
+# make install-git-annex into a temporary prefix, the Quick start with two
+# repositories syncing over tcp on loopback, p2p-annex check, uninstall.
+first-hour:
+	tests/tools/first-hour.sh
+# --- end the first hour -------------------------------------------------------
+
 # p2p-annex against socat helpers, side by side; writes target/bench/results.md
 # (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a
 # quick look with smaller sizes.

@@ -175,6 +175,8 @@ echo "   A has B's file, byte for byte"
 run 120 git annex fsck -q
 
 step "Stop serving; make uninstall; make uninstall-git-annex"
+# Out of $work: ours() runs in a subshell that would otherwise count.
+cd /
 if [ "$SERVE" = serve ]; then
 	kill -TERM "$serve_pid"
 	n=0
