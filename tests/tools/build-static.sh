@@ -6,7 +6,7 @@
 # Where the NIGHTLY toolchain is installed, std is rebuilt with the
 # project's size profile (-Zbuild-std) and panic=immediate-abort: no panic
 # message, backtrace symbolizer or unwinder is linked in, which halves the
-# binary (README, Packaging). p2p-annex never panics on outside input, so
+# binary (README, Packaging); nor unwind tables. p2p-annex never panics on outside input, so
 # the only thing lost is the message of a bug's panic: the process still
 # dies at once (SIGILL/SIGABRT instead of exit 101). Otherwise, or when the
 # nightly build fails in auto mode, the stable toolchain builds it as before.
@@ -33,9 +33,12 @@ say() { echo "build-static.sh: $*" >&2; }
 # feature (cargo -Zbuild-std-features=panic_immediate_abort), which the
 # recent ones reject. Ask rustc which one it takes rather than guess from
 # the version. Prints "rustc FLAGS" or "cargo FLAGS".
+# Nothing unwinds once panics abort at once: no unwind tables either
+# (.eh_frame was 47 KiB of the x86-64 binary).
+no_unwind=-Cforce-unwind-tables=no
 abort_flags() {
 	if rustc +"$1" -Zunstable-options -Cpanic=immediate-abort --print cfg >/dev/null 2>&1; then
-		echo "rustc -Zunstable-options -Cpanic=immediate-abort"
+		echo "rustc -Zunstable-options -Cpanic=immediate-abort $no_unwind"
 	else
 		echo "cargo -Zbuild-std-features=panic_immediate_abort"
 	fi
@@ -89,7 +92,7 @@ nightly_ok() {
 	fi
 	case $(abort_flags "$nightly") in
 	rustc\ *) rflags=$(abort_flags "$nightly" | cut -d' ' -f2-) cflags= ;;
-	*) rflags= cflags=$(abort_flags "$nightly" | cut -d' ' -f2-) ;;
+	*) rflags=$no_unwind cflags=$(abort_flags "$nightly" | cut -d' ' -f2-) ;;
 	esac
 	return 0
 }
