@@ -5,6 +5,11 @@
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
+# Service files (`p2p-annex serve`): systemd units, and the procd and
+# OpenRC scripts under DATADIR/p2p-annex to copy into /etc/init.d.
+SYSTEMDSYSTEMUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSTEMDUSERUNITDIR ?= $(PREFIX)/lib/systemd/user
+DATADIR ?= $(PREFIX)/share
 DESTDIR ?=
 CARGO ?= cargo
 CARGOFLAGS ?=
@@ -12,6 +17,13 @@ CARGOFLAGS ?=
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
 NETNAMES = tcp socks unix-sockets
 MANPAGES = $(wildcard man/*.1)
+# dist/ source, installed path, mode; @BINDIR@ in them becomes $(BINDIR).
+SERVICE_FILES = \
+	dist/systemd/system/p2p-annex@.service $(SYSTEMDSYSTEMUNITDIR)/p2p-annex@.service 0644 \
+	dist/systemd/user/p2p-annex@.service $(SYSTEMDUSERUNITDIR)/p2p-annex@.service 0644 \
+	dist/openwrt/p2p-annex.init $(DATADIR)/p2p-annex/openwrt/p2p-annex.init 0755 \
+	dist/openwrt/p2p-annex.config $(DATADIR)/p2p-annex/openwrt/p2p-annex.config 0644 \
+	dist/openrc/p2p-annex $(DATADIR)/p2p-annex/openrc/p2p-annex 0755
 # cargo's output directory (CARGO_TARGET_DIR is honoured).
 TARGET_DIR = $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)
 # The binary `make install` copies; point it at a static build to stage a
@@ -46,7 +58,7 @@ ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
 	&& test -d "$$(rustc +$(NIGHTLY) --print sysroot 2>/dev/null)/lib/rustlib/src/rust/library" \
 	&& command -v $(ARMV7_CC) >/dev/null && test -f $(ARMV7_MUSL)/libc.a
 
-.PHONY: all install uninstall check check-install check-cross check-vendor \
+.PHONY: all install uninstall check check-install check-cross check-vendor check-dist \
 	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
 	check-overlay bench-overlay
 .PHONY: install-git-annex uninstall-git-annex check-deps sizes first-hour
@@ -62,16 +74,28 @@ install:
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/p2p-annex
 	for n in $(NETNAMES); do ln -sfn p2p-annex $(DESTDIR)$(BINDIR)/git-annex-p2p-$$n; done
 	install -m 0644 $(MANPAGES) $(DESTDIR)$(MANDIR)/man1/
+	@set -- $(SERVICE_FILES); while [ $$# -ge 3 ]; do \
+		echo "install $$1 -> $(DESTDIR)$$2"; \
+		install -d "$$(dirname "$(DESTDIR)$$2")" && \
+		sed 's|@BINDIR@|$(BINDIR)|g' "$$1" > "$(DESTDIR)$$2.tmp" && \
+		chmod "$$3" "$(DESTDIR)$$2.tmp" && mv "$(DESTDIR)$$2.tmp" "$(DESTDIR)$$2" || exit 1; \
+		shift 3; \
+	done
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/p2p-annex
 	for n in $(NETNAMES); do rm -f $(DESTDIR)$(BINDIR)/git-annex-p2p-$$n; done
 	for m in $(notdir $(MANPAGES)); do rm -f $(DESTDIR)$(MANDIR)/man1/$$m; done
+	@set -- $(SERVICE_FILES); while [ $$# -ge 3 ]; do \
+		echo "rm -f $(DESTDIR)$$2"; rm -f "$(DESTDIR)$$2"; shift 3; \
+	done
+	rmdir $(DESTDIR)$(DATADIR)/p2p-annex/openwrt $(DESTDIR)$(DATADIR)/p2p-annex/openrc \
+		$(DESTDIR)$(DATADIR)/p2p-annex 2>/dev/null || true
 
 # The whole test suite: unit tests, the binary against real peers, and
 # real git-annex repositories syncing through it (git-annex comes from
 # PyPI into $(GIT_ANNEX_DIR) when it is not on PATH), and make install.
-check: check-deps lint-man git-annex check-install
+check: check-deps lint-man git-annex check-install check-dist
 	$(CARGO) test --locked $(CARGOFLAGS)
 
 # What check needs besides Rust and git (mandoc, socat, dante-server, pip):
@@ -83,6 +107,11 @@ check-deps:
 # and an uninstall that leaves no file behind.
 check-install: all
 	tests/tools/check-install.sh "$(MAKE)" "$(NETNAMES)"
+
+# The service files as installed: systemd-analyze verify on the units
+# (system and user), sh -n on the procd and OpenRC scripts.
+check-dist: all
+	tests/tools/check-dist.sh "$(MAKE)"
 
 git-annex:
 	@command -v git-annex >/dev/null 2>&1 || tests/tools/install-git-annex.sh $(GIT_ANNEX_DIR) >/dev/null

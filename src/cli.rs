@@ -24,13 +24,17 @@ Usage:
                                              links, remotedaemon, listeners and peers
   p2p-annex status [--json]                  in a repository: its listeners, their
                                              open connections, their last errors
+  p2p-annex serve [--no-git-shim] [DIR]      run DIR's `git-annex remotedaemon` in
+                                             the foreground (for systemd, procd,
+                                             OpenRC): restart it when it dies, stop
+                                             it and its listeners on SIGTERM
   p2p-annex --help | --version
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
 Yggdrasil or Tailscale, or a LAN you trust), socks (through a SOCKS5 proxy:
 yggstack, Tor, I2P, ssh -D), unix-sockets, and any name with
 `git config p2p-annex.NAME.transport tcp|socks|unix-sockets` (but check and
-status, which are commands).
+status and serve, which are commands).
 
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.address          host to advertise (may repeat)
@@ -70,10 +74,12 @@ pub enum Command {
     Status {
         json: bool,
     },
+    /// `p2p-annex serve [--no-git-shim] [DIR]`: supervise remotedaemon.
+    Serve(crate::serve::Options),
 }
 
 /// Words that are p2p-annex's own commands, never netnames.
-pub const RESERVED: [&str; 2] = ["check", "status"];
+pub const RESERVED: [&str; 3] = ["check", "status", "serve"];
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -100,6 +106,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, Error>
             Short('V') | Long("version") => return Ok(Command::Version),
             Value(v) if netname.is_none() && v == "check" => return parse_check(parser),
             Value(v) if netname.is_none() && v == "status" => return parse_status(parser),
+            Value(v) if netname.is_none() && v == "serve" => return parse_serve(parser),
             Value(v) if netname.is_none() => netname = Some(parse_netname(&v)?),
             Value(v) => positional.push(v),
             _ => return Err(arg.unexpected().into()),
@@ -137,6 +144,23 @@ fn parse_status(parser: lexopt::Parser) -> Result<Command, Error> {
     Ok(parse_json_flag("status", parser)?.map_or(Command::Help, |json| Command::Status { json }))
 }
 
+/// The rest of `p2p-annex serve [--no-git-shim] [DIR]`.
+fn parse_serve(mut parser: lexopt::Parser) -> Result<Command, Error> {
+    let mut opts = crate::serve::Options {
+        dir: None,
+        shim: true,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("no-git-shim") => opts.shim = false,
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Value(v) if opts.dir.is_none() && !v.is_empty() => opts.dir = Some(PathBuf::from(v)),
+            _ => return Err(Error::Usage(format!("serve: {}", arg.unexpected()))),
+        }
+    }
+    Ok(Command::Serve(opts))
+}
+
 /// `[--json]` after a command word; None when help was asked for.
 fn parse_json_flag(command: &str, mut parser: lexopt::Parser) -> Result<Option<bool>, Error> {
     let mut json = false;
@@ -152,7 +176,7 @@ fn parse_json_flag(command: &str, mut parser: lexopt::Parser) -> Result<Option<b
 
 fn reserved(name: &str) -> Error {
     Error::Usage(format!(
-        "{name:?} cannot be a netname: check and status are p2p-annex commands \
+        "{name:?} cannot be a netname: check, status and serve are p2p-annex commands \
          (`p2p-annex check` diagnoses a repository)"
     ))
 }
@@ -280,9 +304,27 @@ mod tests {
             Command::Status { json: true }
         );
         assert!(usage(&["p2p-annex", "status", "address"]).starts_with("status: "));
+        let serve = |dir: Option<&str>, shim| {
+            Command::Serve(crate::serve::Options {
+                dir: dir.map(PathBuf::from),
+                shim,
+            })
+        };
+        assert_eq!(run(&["p2p-annex", "serve"]).unwrap(), serve(None, true));
+        assert_eq!(
+            run(&["p2p-annex", "serve", "/srv/annex"]).unwrap(),
+            serve(Some("/srv/annex"), true)
+        );
+        assert_eq!(
+            run(&["p2p-annex", "serve", "--no-git-shim", "r"]).unwrap(),
+            serve(Some("r"), false)
+        );
+        assert!(usage(&["p2p-annex", "serve", "a", "b"]).starts_with("serve: "));
+        assert!(usage(&["p2p-annex", "serve", "--json"]).starts_with("serve: "));
         for args in [
             &["git-annex-p2p-check", "10.0.0.1:1"][..],
             &["git-annex-p2p-status", "address"],
+            &["git-annex-p2p-serve", "address"],
         ] {
             let msg = usage(args);
             assert!(msg.contains("cannot be a netname"), "{args:?}: {msg}");

@@ -28,6 +28,14 @@ pub enum Error {
     Relay(io::Error),
     /// Any other system call failed; `what` says what we were doing.
     Io { what: String, cause: io::Error },
+    /// `serve` will not run: the message says why and what to do.
+    Refused(String),
+    /// Run as the `git` shim, we found no real git to hand the command to;
+    /// exit 127, as a shell does for a missing command.
+    GitNotFound(String),
+    /// A program could not be started (exit 127 when it is missing, 126
+    /// otherwise, as a shell does).
+    Exec { program: String, cause: io::Error },
 }
 
 impl Error {
@@ -39,10 +47,14 @@ impl Error {
     }
 
     /// Exit status: 2 for usage errors (the caller must change the command),
-    /// 1 for everything that went wrong at run time.
+    /// 127/126 when the `git` shim cannot run git, 1 for everything else
+    /// that went wrong at run time.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Addr(_) => 2,
+            Error::GitNotFound(_) => 127,
+            Error::Exec { cause, .. } if cause.kind() == io::ErrorKind::NotFound => 127,
+            Error::Exec { .. } => 126,
             _ => 1,
         }
     }
@@ -63,6 +75,11 @@ impl fmt::Display for Error {
             }
             Error::Relay(cause) => write!(f, "connection failed: {}", describe(cause)),
             Error::Io { what, cause } => write!(f, "{what}: {}", describe(cause)),
+            Error::Refused(msg) => write!(f, "{msg}"),
+            Error::GitNotFound(why) => write!(f, "cannot find the real git: {why}"),
+            Error::Exec { program, cause } => {
+                write!(f, "cannot run {program}: {}", describe(cause))
+            }
         }
     }
 }

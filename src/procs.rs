@@ -120,6 +120,18 @@ impl Proc {
     }
 }
 
+/// The variable `name` in the environment process `pid` started with
+/// (/proc/PID/environ); an error when it cannot be read (another user's
+/// process, unless we are root).
+pub fn env_var(pid: u32, name: &str) -> std::io::Result<Option<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    Ok(environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(std::ffi::OsStr::from_bytes(value).to_owned())
+    }))
+}
+
 /// Every process we may look at. No /proc (not Linux) gives an empty list;
 /// the caller says so.
 pub fn all() -> Vec<Proc> {
@@ -187,6 +199,13 @@ mod tests {
         let mut zombie = proc(&["git-annex", "remotedaemon"]);
         zombie.state = 'Z';
         assert!(!zombie.is_remotedaemon());
+    }
+
+    #[test]
+    fn environment_variables_of_a_process() {
+        let me = std::process::id();
+        assert!(env_var(me, "PATH").unwrap().is_some());
+        assert_eq!(env_var(me, "P2P_ANNEX_NO_SUCH_VARIABLE").unwrap(), None);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! they have open now (peer, age, bytes each way), and the last errors in
 //! their logs.
 //!
+//! A `p2p-annex serve` running for the repository comes first: its pid,
+//! uptime, restarts and remotedaemon, from its lock file (`serve::probe`).
+//!
 //! Each listener answers on a unix socket of its own under
 //! `.git/annex/p2p-annex/` (see `listen::Control`) with a snapshot taken
 //! under the same lock that counts its connections, so concurrent
@@ -15,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::describe;
 use crate::report::json_string;
+use crate::serve::{Probe, Record};
 
 /// How many error lines of each log `status` shows.
 const LAST_ERRORS: usize = 5;
@@ -145,10 +149,11 @@ pub fn run(json: bool) -> i32 {
         eprintln!("p2p-annex: status: not in a git repository");
         return 1;
     };
+    let serve = crate::serve::probe(&git_dir);
     let dir = control_dir(&git_dir);
     // Socket paths must be short; the names are, so ask from inside.
     if std::env::set_current_dir(&dir).is_err() {
-        return print(&render(&[], &[], &errors(&git_dir), json));
+        return print(&render(&serve, &[], &[], &errors(&git_dir), json));
     }
     let mut names: Vec<PathBuf> = std::fs::read_dir(".")
         .map(|d| {
@@ -171,7 +176,7 @@ pub fn run(json: bool) -> i32 {
             Answer::Failed(why) => notes.push(format!("{}: {why}", name.display())),
         }
     }
-    print(&render(&listeners, &notes, &errors(&git_dir), json))
+    print(&render(&serve, &listeners, &notes, &errors(&git_dir), json))
 }
 
 /// (log file, its last error lines) for every listener log in the default
@@ -214,15 +219,69 @@ fn now() -> u64 {
 }
 
 fn render(
+    serve: &Probe,
     listeners: &[Listener],
     notes: &[String],
     errors: &[(PathBuf, Vec<String>)],
     json: bool,
 ) -> String {
     if json {
-        render_json(listeners, notes, errors)
+        let rest = render_json(listeners, notes, errors);
+        let rest = rest.strip_prefix("{\n").unwrap_or(&rest);
+        format!("{{\n  \"serve\": {},\n{rest}", serve_json(serve))
     } else {
-        render_text(listeners, notes, errors, now())
+        serve_text(serve, now()) + &render_text(listeners, notes, errors, now())
+    }
+}
+
+/// The supervisor, in one line (none when no `serve` runs or ran).
+fn serve_text(serve: &Probe, now: u64) -> String {
+    let restarts = |r: &Record| match r.restarts {
+        1 => "1 restart".to_string(),
+        n => format!("{n} restarts"),
+    };
+    match serve {
+        Probe::None => String::new(),
+        Probe::Running(r) => format!(
+            "serve (pid {}): up {}, {}, {}\n",
+            r.pid,
+            age(now.saturating_sub(r.since)),
+            restarts(r),
+            if r.daemon == 0 {
+                "remotedaemon not running (waiting to start it again)".to_string()
+            } else {
+                format!(
+                    "remotedaemon pid {} up {}",
+                    r.daemon,
+                    age(now.saturating_sub(r.daemon_since))
+                )
+            }
+        ),
+        Probe::Stale(r) => format!(
+            "serve (pid {}) is gone without stopping cleanly (killed?): nothing supervises \
+             remotedaemon (`p2p-annex check` says more)\n",
+            r.pid
+        ),
+        Probe::Unreadable(why) => format!("serve: cannot read its lock file: {why}\n"),
+    }
+}
+
+fn serve_json(serve: &Probe) -> String {
+    let record = |state: &str, r: &Record| {
+        format!(
+            "{{\"state\": \"{state}\", \"pid\": {}, \"since\": {}, \"restarts\": {}, \
+             \"remotedaemon\": {}, \"remotedaemon_since\": {}}}",
+            r.pid, r.since, r.restarts, r.daemon, r.daemon_since
+        )
+    };
+    match serve {
+        Probe::None => "null".into(),
+        Probe::Running(r) => record("running", r),
+        Probe::Stale(r) => record("stale", r),
+        Probe::Unreadable(why) => format!(
+            "{{\"state\": \"unknown\", \"error\": {}}}",
+            json_string(why)
+        ),
     }
 }
 
@@ -403,6 +462,34 @@ mod tests {
         let j = render_json(&[l], &["x\"y".into()], &[]);
         assert!(j.contains("\"bytes_in\": 12582912"), "{j}");
         assert!(j.contains("\"notes\": [\"x\\\"y\"]"), "{j}");
+    }
+
+    #[test]
+    fn the_supervisor_comes_first() {
+        let r = Record {
+            pid: 10,
+            since: 1000,
+            restarts: 1,
+            daemon: 11,
+            daemon_since: 1900,
+        };
+        assert_eq!(
+            serve_text(&Probe::Running(r.clone()), 2000),
+            "serve (pid 10): up 16m40s, 1 restart, remotedaemon pid 11 up 1m40s\n"
+        );
+        assert_eq!(serve_text(&Probe::None, 2000), "");
+        assert!(serve_text(&Probe::Stale(r.clone()), 2000).contains("pid 10) is gone"));
+        let j = render(&Probe::Running(r), &[], &[], &[], true);
+        assert!(
+            j.starts_with("{\n  \"serve\": {\"state\": \"running\", \"pid\": 10,"),
+            "{j}"
+        );
+        assert!(j.contains("\n  \"listeners\": ["), "{j}");
+        let j = render(&Probe::None, &[], &[], &[], true);
+        assert!(
+            j.starts_with("{\n  \"serve\": null,\n  \"listeners\""),
+            "{j}"
+        );
     }
 
     #[test]

@@ -181,3 +181,102 @@ pub fn parent_death_signal() {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1);
 }
+
+/// The signals the `git` shim passes on to the service it runs.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// For the `git` shim: the forwarded signals and SIGCHLD (the child ended)
+/// as bytes on a pipe, the same self-pipe as `signal_pipe`. Returns the
+/// read end (non-blocking).
+pub fn forwarding_signal_pipe() -> io::Result<OwnedFd> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::os::fd::IntoRawFd;
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    STOP_PIPE.store(w.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    for sig in FORWARDED.into_iter().chain([libc::SIGCHLD]) {
+        let sig = Signal::try_from(sig).map_err(io::Error::from)?;
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(r)
+}
+
+/// Wait up to a second for signals on the pipe from
+/// `forwarding_signal_pipe`, and return their numbers (none on timeout:
+/// the caller looks at its child again either way).
+pub fn read_signals(pipe: BorrowedFd<'_>) -> Vec<i32> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(pipe, PollFlags::POLLIN)];
+    if poll(&mut fds, PollTimeout::from(1000u16)).unwrap_or(0) <= 0 {
+        return Vec::new();
+    }
+    let mut buf = [0u8; 64];
+    match nix::unistd::read(pipe, &mut buf) {
+        Ok(n) => buf[..n].iter().map(|&b| i32::from(b)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Send `sig` to `pid`; a child that already went is no error.
+pub fn send_signal(pid: i32, sig: i32) {
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// Is this descriptor a pipe (or FIFO)?
+pub fn is_pipe(fd: BorrowedFd<'_>) -> bool {
+    // mode_t is not u32 on every target.
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::stat::fstat(fd)
+        .is_ok_and(|st| (st.st_mode as u32 & libc::S_IFMT as u32) == libc::S_IFIFO as u32)
+}
+
+/// How many bytes wait unread in the pipe `fd` (either end): FIONREAD.
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which points at
+    // a local that outlives the call; the descriptor is borrowed, so open.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &raw mut n) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// End this process by signal `sig`, as the child we stood for did, so
+/// our parent sees the same ending. No core file: the crash was not ours.
+/// Falls back to exit status 128 + `sig` for a signal that does not kill.
+pub fn die_by_signal(sig: i32) -> ! {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    if let Ok(signal) = Signal::try_from(sig) {
+        // SAFETY: restoring the default disposition installs no handler.
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+        let mut set = SigSet::empty();
+        set.add(signal);
+        let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        let _ = nix::sys::signal::raise(signal);
+    }
+    std::process::exit(128 + sig)
+}
+
+/// Also write SIGCHLD into the signal pipe (after `signal_pipe`): `serve`
+/// learns at once that remotedaemon or an orphaned listener exited, and
+/// sleeps in poll otherwise.
+pub fn signal_pipe_on_child_exit() -> io::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls async-signal-safe functions.
+    unsafe { sigaction(Signal::SIGCHLD, &action) }?;
+    Ok(())
+}

@@ -19,6 +19,8 @@ mod status;
 mod e2e_annex;
 // `p2p-annex check` on healthy and broken real git-annex repositories.
 mod check;
+// `p2p-annex serve` supervising a real remotedaemon.
+mod serve;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.
 mod socks;
 // The configuration keys of --help, the man page, the README and src/ agree.

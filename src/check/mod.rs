@@ -7,13 +7,14 @@
 //! Facts are gathered once (`facts`: git config, the creds files, /proc),
 //! then each check is a plain function of them returning its verdicts:
 //! `local` (tools, links, addresses), `serve` (remotedaemon, its sockets and
-//! listeners) and `peers` (each remote reachable, our token accepted). Only
+//! listeners), `supervisor` (`p2p-annex serve` and the git shim) and `peers` (each remote reachable, our token accepted). Only
 //! the socket and peer checks touch the network, each within seconds.
 
 mod facts;
 mod local;
 mod peers;
 mod serve;
+mod supervisor;
 
 use std::io::{self, Write};
 
@@ -40,11 +41,12 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Ok(repo) => repo,
         Err(check) => return report.add(out, vec![check]),
     };
-    let checks: [fn(&Repo) -> Vec<Check>; 7] = [
+    let checks: [fn(&Repo) -> Vec<Check>; 8] = [
         local::repository,
         local::helper_links,
         local::addresses,
         serve::remotedaemon,
+        supervisor::supervisor,
         serve::sockets,
         serve::listeners,
         serve::strays,

@@ -37,7 +37,9 @@ pub fn remotedaemon(repo: &Repo) -> Vec<Check> {
             KIND,
             "no `git annex remotedaemon` runs for this repository: peers cannot connect to it",
             format!(
-                "run `git annex remotedaemon` in {} (it goes to the background)",
+                "start `p2p-annex serve {}` (best as a service: README, Running as a \
+                 service), or run `git annex remotedaemon` in {} (it goes to the background)",
+                super::supervisor::shell_quote(&repo.top.display().to_string()),
                 repo.top.display()
             ),
         ),

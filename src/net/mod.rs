@@ -181,13 +181,16 @@ fn listen_on(
 }
 
 /// Listen mode's log: stderr, unless stderr goes nowhere (remotedaemon
-/// gives us /dev/null) or `log` names a file. The default file is
+/// gives us /dev/null), we run under `p2p-annex serve`, or `log` names a
+/// file. The default file is
 /// `.git/annex/p2p-annex.<netname>.log`, beside git-annex's own files.
 fn listener_log(cfg: &Config, git_dir: Option<&Path>) -> Log {
     let netname = cfg.netname();
     let path = match cfg.get("log") {
         Some(path) => Some(std::path::PathBuf::from(path)),
-        None if sys::stderr_goes_nowhere() => {
+        // Under `p2p-annex serve` stderr is serve's pipe: the listener
+        // keeps its own file, which `check` and `status` read.
+        None if sys::stderr_goes_nowhere() || std::env::var_os(crate::serve::ENV_VAR).is_some() => {
             git_dir.map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log")))
         }
         None => None,

@@ -566,6 +566,14 @@ impl Env {
         repo
     }
 
+    /// A repository `name` this test made earlier with [`Env::repo`].
+    pub fn existing_repo(&self, name: &str) -> Repo<'_> {
+        Repo {
+            env: self,
+            dir: self.root.join(name),
+        }
+    }
+
     /// Adds a `git-annex-p2p-NETNAME` link for a user-defined netname.
     pub fn link_helper(&self, netname: &str) {
         let name = format!("git-annex-p2p-{netname}");
@@ -745,6 +753,80 @@ impl Cmd<'_> {
     /// Runs and panics with stdout and stderr unless it succeeded.
     pub fn ok(self) -> Outcome {
         self.run().expect_success()
+    }
+}
+
+impl<'e> Cmd<'e> {
+    /// Starts it in the background, in a process group of its own, output
+    /// to files; see [`Background`].
+    pub fn spawn(mut self) -> Background<'e> {
+        let n = NEXT_OUTPUT.fetch_add(1, Ordering::SeqCst);
+        let err = self.env.scratch.join(format!("bg-{n}.err"));
+        let out =
+            File::create(self.env.scratch.join(format!("bg-{n}.out"))).expect("create output file");
+        self.command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(File::create(&err).expect("create stderr file"))
+            .process_group(0);
+        let child = self
+            .command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", self.label));
+        Background {
+            child,
+            label: self.label,
+            err,
+            _env: self.env,
+        }
+    }
+}
+
+/// A long-running command of a test (such as `p2p-annex serve`). Dropping
+/// it (also when the test panics) stops its process group: SIGTERM, then
+/// SIGKILL.
+pub struct Background<'e> {
+    child: std::process::Child,
+    label: String,
+    err: PathBuf,
+    _env: &'e Env,
+}
+
+impl Background<'_> {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it ends within `deadline`.
+    pub fn wait(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() >= until => return None,
+                Ok(None) => sleep(Duration::from_millis(5)),
+                Err(e) => panic!("waiting for `{}`: {e}", self.label),
+            }
+        }
+    }
+
+    /// What it wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.err).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for Background<'_> {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let group = self.child.id();
+            signal_group("TERM", group);
+            if self.wait(Duration::from_secs(5)).is_none() {
+                signal_group("KILL", group);
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
     }
 }
 

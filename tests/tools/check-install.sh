@@ -1,10 +1,12 @@
 #!/bin/sh
 # make check-install: `make install` into a temporary DESTDIR, as a
 # distribution package build does. Checks the exact tree (the binary, one
-# relative link per netname, the man pages, nothing else), that the
-# installed links run and take their netname from their name, also after
-# the tree is moved, that BINDIR and MANDIR are obeyed, and that
-# `make uninstall` removes exactly what install put there.
+# relative link per netname, the man pages, the service files, nothing
+# else), that the installed links run and take their netname from their
+# name, also after the tree is moved, that BINDIR, MANDIR and the service
+# file directories are obeyed (and BINDIR written into the service files),
+# and that `make uninstall` removes exactly what install put there.
+# (tests/tools/check-dist.sh verifies the service files themselves.)
 #
 # usage: tests/tools/check-install.sh MAKE "NETNAMES"   (run from the top)
 set -eu
@@ -51,12 +53,32 @@ tree() {
 		done)
 }
 
-expected() { # expected BINDIR MANDIR (relative to DESTDIR)
+expected() { # expected BINDIR MANDIR SYSTEMDSYSTEMUNITDIR SYSTEMDUSERUNITDIR DATADIR (relative to DESTDIR)
 	{
 		echo "$1/p2p-annex file"
 		for n in $netnames; do echo "$1/git-annex-p2p-$n link p2p-annex"; done
 		for m in man/*.1; do echo "$2/man1/${m#man/} file"; done
+		echo "$3/p2p-annex@.service file"
+		echo "$4/p2p-annex@.service file"
+		echo "$5/p2p-annex/openwrt/p2p-annex.init file"
+		echo "$5/p2p-annex/openwrt/p2p-annex.config file"
+		echo "$5/p2p-annex/openrc/p2p-annex file"
 	} | LC_ALL=C sort
+}
+
+services() { # services ROOT BINDIR UNITDIR DATADIR: modes, and BINDIR in the files
+	for f in "$3/p2p-annex@.service" "$4/p2p-annex/openwrt/p2p-annex.config"; do
+		[ "$(stat -c %a "$1/$f")" = 644 ] || { echo "     $f: mode $(stat -c %a "$1/$f")"; return 1; }
+	done
+	for f in openwrt/p2p-annex.init openrc/p2p-annex; do
+		[ "$(stat -c %a "$1/$4/p2p-annex/$f")" = 755 ] || { echo "     $f: not mode 755"; return 1; }
+	done
+	grep -qx "ExecStart=/$2/p2p-annex serve %f" "$1/$3/p2p-annex@.service" &&
+		grep -qx "PROG=/$2/p2p-annex" "$1/$4/p2p-annex/openwrt/p2p-annex.init" &&
+		grep -qx "command=/$2/p2p-annex" "$1/$4/p2p-annex/openrc/p2p-annex" || {
+		echo "     the service files do not run /$2/p2p-annex"
+		return 1
+	}
 }
 
 same() { # same EXPECTED ACTUAL: print a diff when they differ
@@ -77,9 +99,11 @@ usr/share/man/man1/git-annex.1 file"
 
 $make --no-print-directory install DESTDIR="$stage" PREFIX=/usr >"$work/install.log" 2>&1 ||
 	{ cat "$work/install.log" >&2; die "make install DESTDIR=$stage PREFIX=/usr failed"; }
-want=$(printf '%s\n%s\n' "$(expected usr/bin usr/share/man)" "$foreign" | LC_ALL=C sort)
-check "make install PREFIX=/usr DESTDIR=...: exactly the binary, the netname links and the man pages" \
+want=$(printf '%s\n%s\n' "$(expected usr/bin usr/share/man usr/lib/systemd/system usr/lib/systemd/user usr/share)" "$foreign" | LC_ALL=C sort)
+check "make install PREFIX=/usr DESTDIR=...: exactly the binary, the netname links, the man pages and the service files" \
 	same "$want" "$(tree "$stage")"
+check "service files: units 644, scripts 755, all running /usr/bin/p2p-annex" \
+	services "$stage" usr/bin usr/lib/systemd/system usr/share
 
 modes() {
 	[ "$(stat -c %a "$stage/usr/bin/p2p-annex")" = 755 ] || return 1
@@ -115,14 +139,19 @@ $make --no-print-directory uninstall DESTDIR="$stage" PREFIX=/usr >"$work/uninst
 	{ cat "$work/uninstall.log" >&2; die "make uninstall failed"; }
 check "make uninstall removes every file install put there, and nothing else" same "$foreign" "$(tree "$stage")"
 
-# BINDIR and MANDIR on their own.
+# BINDIR, MANDIR and the service file directories on their own.
 other=$work/other
-$make --no-print-directory install DESTDIR="$other" BINDIR=/opt/pa/sbin MANDIR=/opt/pa/man >"$work/install2.log" 2>&1 ||
-	{ cat "$work/install2.log" >&2; die "make install BINDIR=... MANDIR=... failed"; }
-check "make install BINDIR=/opt/pa/sbin MANDIR=/opt/pa/man" same "$(expected opt/pa/sbin opt/pa/man)" "$(tree "$other")"
-$make --no-print-directory uninstall DESTDIR="$other" BINDIR=/opt/pa/sbin MANDIR=/opt/pa/man >/dev/null 2>&1 ||
-	die "make uninstall BINDIR=... MANDIR=... failed"
-check "make uninstall BINDIR=... MANDIR=... leaves no file" same "" "$(tree "$other")"
+dirs="BINDIR=/opt/pa/sbin MANDIR=/opt/pa/man SYSTEMDSYSTEMUNITDIR=/opt/pa/system SYSTEMDUSERUNITDIR=/opt/pa/user DATADIR=/opt/pa/share"
+# shellcheck disable=SC2086 # $dirs is a list of words
+$make --no-print-directory install DESTDIR="$other" $dirs >"$work/install2.log" 2>&1 ||
+	{ cat "$work/install2.log" >&2; die "make install $dirs failed"; }
+check "make install $dirs" \
+	same "$(expected opt/pa/sbin opt/pa/man opt/pa/system opt/pa/user opt/pa/share)" "$(tree "$other")"
+check "service files run BINDIR's /opt/pa/sbin/p2p-annex" services "$other" opt/pa/sbin opt/pa/system opt/pa/share
+# shellcheck disable=SC2086
+$make --no-print-directory uninstall DESTDIR="$other" $dirs >/dev/null 2>&1 ||
+	die "make uninstall $dirs failed"
+check "make uninstall $dirs leaves no file" same "" "$(tree "$other")"
 
 echo "check-install: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

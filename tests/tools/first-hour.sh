@@ -16,7 +16,7 @@ set -eu
 # How A serves, as the README's Quick start says: `serve` (p2p-annex serve,
 # in the foreground, supervised) or `remotedaemon` (git annex remotedaemon,
 # which goes to the background). The one line to change when serve lands.
-SERVE=${FIRST_HOUR_SERVE:-remotedaemon}
+SERVE=${FIRST_HOUR_SERVE:-serve}
 
 die() {
 	echo "first-hour.sh: FAIL: $*" >&2

@@ -1,7 +1,8 @@
 #!/bin/sh
 # What `make check` needs besides Rust and git, installed when missing:
 # mandoc (lint-man), socat (the tests' reference relay), dante-server (the
-# socks tests' real SOCKS5 server) and pip for python3 (git-annex from PyPI).
+# socks tests' real SOCKS5 server), pip for python3 (git-annex from PyPI)
+# and systemd's systemd-analyze (check-dist verifies the service files).
 # As root it runs apt-get; otherwise it names the packages and fails.
 # `make check` and .ci/run both call it, so they cannot drift apart.
 #
@@ -13,6 +14,8 @@ command -v mandoc >/dev/null 2>&1 || need="$need mandoc"
 command -v socat >/dev/null 2>&1 || need="$need socat"
 python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
 command -v danted >/dev/null 2>&1 || [ -x /usr/sbin/danted ] || need="$need dante-server"
+# make check-dist: systemd-analyze verify on the service files.
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 [ -n "$need" ] || exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
