@@ -140,6 +140,8 @@ if ! works; then
 	works || die "$bin/git-annex was installed but does not run"
 fi
 if [ -n "$bindir" ]; then
+	# An install for users: no lock file left in their tree.
+	rm -f "$dir/.install.lock"
 	write_wrappers
 	# The wrappers run where FINAL-DIR is; here that is DIR unless staged.
 	if [ "$final" = "$dir" ]; then
