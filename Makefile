@@ -60,7 +60,7 @@ ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
 
 .PHONY: all install uninstall check check-install check-cross check-vendor check-dist \
 	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
-	check-overlay bench-overlay
+	check-overlay bench-overlay fuzz-smoke
 .PHONY: install-git-annex uninstall-git-annex check-deps sizes first-hour
 
 all:
@@ -210,6 +210,15 @@ vendor:
 # empty cargo home: proves a distribution can build without network.
 check-vendor:
 	tests/tools/check-vendor.sh "$(MAKE)"
+
+# Every fuzz target (fuzz/) for FUZZ_SECONDS each from its corpus: addresses,
+# git config, SOCKS5 replies and status answers; a crash fails. Needs the
+# $(NIGHTLY) toolchain (SKIPPED without it, failed under CI) and installs
+# cargo-fuzz from crates.io when missing.
+FUZZ_TARGETS = address config socks5 status
+FUZZ_SECONDS ?= 30
+fuzz-smoke:
+	tests/tools/fuzz-smoke.sh $(NIGHTLY) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # Two throwaway repositories syncing a file over tcp on loopback.
 demo: all git-annex

@@ -86,6 +86,75 @@ pub fn load_token(git_dir: &Path, netname: &str, address: &str) -> io::Result<Op
     }
 }
 
+/// What redacted text shows where a secret was.
+pub const REDACTED: &str = "<redacted>";
+
+/// Shortest line of a creds file taken for a secret to redact: git-annex's
+/// tokens are far longer, and redacting short words would garble output.
+const MIN_SECRET: usize = 8;
+
+/// Every secret this repository knows, to keep out of what we print: the
+/// lines of its `.git/annex/creds/` files (the tokens it sends, and those
+/// it accepts) and the environment's token. Not the enabled addresses
+/// (`p2paddrs`), which are meant to be shared.
+pub fn known_secrets(git_dir: &Path) -> Vec<Vec<u8>> {
+    let mut secrets = Vec::new();
+    if let Some(v) = std::env::var_os(TOKEN_ENV) {
+        use std::os::unix::ffi::OsStrExt;
+        secrets.push(first_line(v.as_bytes()).to_vec());
+    }
+    let creds = git_dir.join("annex/creds");
+    for entry in std::fs::read_dir(creds).into_iter().flatten().flatten() {
+        if entry.file_name() == "p2paddrs" {
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            secrets.extend(bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+        }
+    }
+    secrets.retain(|s| s.len() >= MIN_SECRET && s.iter().all(u8::is_ascii_graphic));
+    secrets
+}
+
+/// `text` with every secret in it replaced by `REDACTED`, compared byte for
+/// byte without regard to ASCII case (a peer may echo it changed).
+pub fn redact(text: &str, secrets: &[Vec<u8>]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for secret in secrets {
+        bytes = redact_one(&bytes, secret, false);
+    }
+    // Secrets are ASCII, so whole ones were cut out at character bounds.
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// One secret out of `text`; with `cut` (text that may end in the middle
+/// of the secret, as a line we stopped reading does), a start of the
+/// secret at its very end too.
+fn redact_one(text: &[u8], secret: &[u8], cut: bool) -> Vec<u8> {
+    if secret.is_empty() {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        if rest.len() >= secret.len() && rest[..secret.len()].eq_ignore_ascii_case(secret) {
+            out.extend_from_slice(REDACTED.as_bytes());
+            i += secret.len();
+        } else if cut
+            && rest.len() < secret.len()
+            && secret[..rest.len()].eq_ignore_ascii_case(rest)
+        {
+            out.extend_from_slice(REDACTED.as_bytes());
+            i = text.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 fn first_line(bytes: &[u8]) -> &[u8] {
     bytes.split(|&b| b == b'\n').next().unwrap_or_default()
 }
@@ -147,11 +216,13 @@ pub fn exchange(
     let mut buf = vec![0u8; MAX_ANSWER];
     let mut have = 0;
     loop {
+        // The answer is parsed, and may be shown, only with our token cut
+        // out: a hostile peer echoes it, in any case, across several reads.
         if let Some(end) = buf[..have].iter().position(|&b| b == b'\n') {
-            return Ok(parse_answer(&buf[..end]));
+            return Ok(parse_answer(&redact_one(&buf[..end], &token.secret, false)));
         }
         if have == buf.len() {
-            return Ok(parse_answer(&buf[..have]));
+            return Ok(parse_answer(&redact_one(&buf[..have], &token.secret, true)));
         }
         if !ready(fd, PollFlags::POLLIN, deadline)? {
             return Ok(Answer::TimedOut);
@@ -233,6 +304,55 @@ mod tests {
         assert!(t.well_formed());
         assert!(!token("two words").well_formed());
         assert!(!token("").well_formed());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_any_case() {
+        let s = vec![b"Secret-Token-42".to_vec()];
+        assert_eq!(
+            redact("AUTH u Secret-Token-42 and sECRET-tOKEN-42!", &s),
+            "AUTH u <redacted> and <redacted>!"
+        );
+        assert_eq!(redact("nothing here", &s), "nothing here");
+        assert_eq!(
+            redact_one(b"echo: Secret-To", &s[0], true),
+            b"echo: <redacted>".to_vec()
+        );
+        assert_eq!(
+            redact_one(b"echo: Secret-To", &s[0], false),
+            b"echo: Secret-To"
+        );
+    }
+
+    #[test]
+    fn an_echoed_token_never_reaches_the_answer() {
+        for echo in [
+            &b"AUTH u-1 tok3n-s3cret\n"[..],
+            b"AUTH-SUCCESS TOK3N-S3CRET\n",
+            b"ERROR tok3n-s3cret tok3n-s3cret\n",
+        ] {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let server = std::thread::spawn(move || {
+                let mut line = String::new();
+                BufReader::new(&theirs).read_line(&mut line).unwrap();
+                // Split across reads.
+                for chunk in echo.chunks(5) {
+                    (&theirs).write_all(chunk).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+            let got = exchange(
+                ours.as_fd(),
+                "u-1",
+                &token("tok3n-s3cret"),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            server.join().unwrap();
+            let shown = format!("{got:?}").to_ascii_lowercase();
+            assert!(!shown.contains("tok3n"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

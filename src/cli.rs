@@ -47,7 +47,10 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
                                  RFC 1929 credentials for the proxy
   p2p-annex.socks.listen         where listen mode binds, default 127.0.0.1
   p2p-annex.socks.connect-timeout  default 60s
-  p2p-annex.unix-sockets.dir     socket directory, default /tmp
+  p2p-annex.unix-sockets.dir     socket directory, default private:
+                                 $XDG_RUNTIME_DIR/p2p-annex or /tmp/p2p-annex-UID
+  p2p-annex.unix-sockets.trust-uid  another user whose sockets we use
+  p2p-annex.unix-sockets.connect-timeout  default 30s
   p2p-annex.NETNAME.allow        peer network allowed in (CIDR; may repeat)
   p2p-annex.NETNAME.max-connections  default 100
   p2p-annex.NETNAME.idle-timeout close idle connections after this; default never
@@ -192,20 +195,28 @@ fn parse_netname(v: &OsStr) -> Result<String, Error> {
     match v.to_str() {
         Some(name) if RESERVED.contains(&name) => Err(reserved(name)),
         Some(name) if valid_netname(name) => Ok(name.to_string()),
-        _ => Err(Error::Usage(format!(
-            "bad netname {:?} (expected letters, digits, '-', '_' or '.')",
-            v.to_string_lossy()
-        ))),
+        _ => Err(Error::Usage(bad_netname(&v.to_string_lossy()))),
     }
 }
 
-/// Netnames become part of program names and git config keys.
-fn valid_netname(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(['.', '-'])
+/// Why a netname is refused, for every place one comes in.
+pub fn bad_netname(name: &str) -> String {
+    format!(
+        "bad netname {} (expected a letter or digit, then letters, digits, '-' or '_')",
+        crate::text::printable(&format!("{name:?}"))
+    )
+}
+
+/// Netnames become part of program names, git config keys and the command
+/// lines `check` suggests: `[A-Za-z0-9][A-Za-z0-9_-]*`, nothing a shell or
+/// git config would read differently.
+pub fn valid_netname(name: &str) -> bool {
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
 }
 
 #[cfg(test)]
@@ -281,6 +292,12 @@ mod tests {
         assert!(usage(&["git-annex-p2p-tcp", "--frobnicate"]).contains("--frobnicate"));
         assert!(usage(&["p2p-annex", "../x", "address"]).starts_with("bad netname"));
         assert!(usage(&["p2p-annex", "", "address"]).starts_with("bad netname"));
+        assert_eq!(
+            usage(&["p2p-annex", "my.net", "address"]),
+            "bad netname \"my.net\" (expected a letter or digit, then letters, digits, '-' or '_')"
+        );
+        assert!(usage(&["p2p-annex", "_x", "address"]).starts_with("bad netname"));
+        assert!(usage(&["p2p-annex", "x;id", "address"]).starts_with("bad netname"));
     }
 
     #[test]

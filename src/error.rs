@@ -26,6 +26,9 @@ pub enum Error {
     Bind { target: String, cause: io::Error },
     /// The relay failed after the connection was made.
     Relay(io::Error),
+    /// A file or peer another local user could have planted: a socket
+    /// directory, socket file or log we refuse to use (SECURITY.md).
+    Untrusted { path: String, problem: String },
     /// Any other system call failed; `what` says what we were doing.
     Io { what: String, cause: io::Error },
     /// `serve` will not run: the message says why and what to do.
@@ -74,6 +77,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot listen on {target}: {}", describe(cause))
             }
             Error::Relay(cause) => write!(f, "connection failed: {}", describe(cause)),
+            Error::Untrusted { path, problem } => write!(f, "refusing {path}: {problem}"),
             Error::Io { what, cause } => write!(f, "{what}: {}", describe(cause)),
             Error::Refused(msg) => write!(f, "{msg}"),
             Error::GitNotFound(why) => write!(f, "cannot find the real git: {why}"),

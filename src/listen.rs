@@ -91,8 +91,16 @@ impl Listener {
                 let (s, peer) = l.accept()?;
                 // Some systems hand out accepted sockets non-blocking when
                 // the listener is; the relay wants blocking ones.
-                s.set_nonblocking(false)?;
-                sys::tune_tcp(&s)?;
+                // A peer that reset at once can make these fail (on the
+                // BSDs): that ends this connection, not the listener.
+                let aborted = |e: io::Error| {
+                    io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("cannot set up the connection: {}", describe(&e)),
+                    )
+                };
+                s.set_nonblocking(false).map_err(aborted)?;
+                sys::tune_tcp(&s).map_err(aborted)?;
                 let ip = allow::canonical(peer.ip());
                 let name = std::net::SocketAddr::new(ip, peer.port()).to_string();
                 Ok((s.into(), Some(ip), name))

@@ -68,7 +68,9 @@ impl Log {
             utc_timestamp(SystemTime::now()),
             std::process::id(),
             self.netname,
-            msg
+            // One event, one line: a newline in an address cannot forge
+            // another, an escape sequence cannot reach a terminal.
+            crate::text::printable(&msg.to_string())
         );
         let mut sink = self.lock();
         match &mut *sink {
@@ -94,15 +96,28 @@ impl Log {
     }
 }
 
+/// Open (or create, 0600 from the start) the log for appending: never
+/// through a symbolic link someone planted, never into anything but a
+/// regular file of ours, never inherited by a child.
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        // O_NONBLOCK: a FIFO put there fails to open (ENXIO) instead of
+        // hanging us until someone reads it; on a regular file it changes
+        // nothing.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
-    let size = file.metadata()?.len();
-    Ok((file, size))
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != crate::sys::euid() {
+        return Err(io::Error::other(format!(
+            "it is not a file of this user (it belongs to {})",
+            crate::trust::describe_uid(meta.uid())
+        )));
+    }
+    Ok((file, meta.len()))
 }
 
 /// Keep one old log: `<log>` becomes `<log>.1`. Several listeners (one per

@@ -21,6 +21,8 @@ mod serve;
 mod socks5;
 mod status;
 mod sys;
+mod text;
+mod trust;
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -57,7 +59,8 @@ fn main() {
         Ok(Command::Run { netname, mode }) => match net::run(&netname, mode) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("p2p-annex: {netname}: {e}");
+                // Messages quote paths and addresses, which may hold anything.
+                eprintln!("p2p-annex: {netname}: {}", text::printable(&e.to_string()));
                 if e.exit_code() == 2 && matches!(e, error::Error::Usage(_)) {
                     eprintln!("Try 'p2p-annex --help'.");
                 }
@@ -65,7 +68,10 @@ fn main() {
             }
         },
         Err(e) => {
-            eprintln!("p2p-annex: {e}\nTry 'p2p-annex --help'.");
+            eprintln!(
+                "p2p-annex: {}\nTry 'p2p-annex --help'.",
+                text::printable(&e.to_string())
+            );
             e.exit_code()
         }
     };

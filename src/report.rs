@@ -77,6 +77,8 @@ impl Check {
 pub struct Report {
     json: bool,
     checks: Vec<Check>,
+    /// Cut out of everything printed (see `auth::redact`).
+    secrets: Vec<Vec<u8>>,
 }
 
 impl Report {
@@ -84,10 +86,20 @@ impl Report {
         Report {
             json,
             checks: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, out: &mut impl Write, checks: Vec<Check>) -> io::Result<()> {
+    /// Secrets to keep out of the report, from here on.
+    pub fn redact(&mut self, secrets: Vec<Vec<u8>>) {
+        self.secrets = secrets;
+    }
+
+    pub fn add(&mut self, out: &mut impl Write, mut checks: Vec<Check>) -> io::Result<()> {
+        for c in &mut checks {
+            c.what = crate::auth::redact(&c.what, &self.secrets);
+            c.fix = c.fix.take().map(|f| crate::auth::redact(&f, &self.secrets));
+        }
         if !self.json {
             for c in &checks {
                 out.write_all(text_line(c).as_bytes())?;
@@ -127,11 +139,9 @@ fn text_line(c: &Check) -> String {
 }
 
 /// Whatever a string holds (a peer's answer, a file name), it stays on its
-/// line.
+/// line, its control characters escaped.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::text::printable(s)
 }
 
 fn json_document(checks: &[Check], ok: usize, warn: usize, fail: usize) -> String {
@@ -155,8 +165,8 @@ fn json_document(checks: &[Check], ok: usize, warn: usize, fail: usize) -> Strin
     )
 }
 
-/// A JSON string (RFC 8259 section 7): quote, backslash and control
-/// characters escaped; everything else is already valid UTF-8.
+/// A JSON string (RFC 8259 section 7): quote, backslash and every control
+/// character escaped; everything else is already valid UTF-8.
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -167,7 +177,9 @@ pub fn json_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+            // C1 controls too (U+0080-U+009F): JSON allows them raw, but
+            // some terminals act on them (fuzz/status found this).
+            c if c.is_control() => {
                 out.push_str(&format!("\\u{:04x}", u32::from(c)));
             }
             c => out.push(c),
@@ -189,6 +201,7 @@ mod tests {
             "\"a \\\"b\\\" \\\\ c\\nd\\te\\u0001\""
         );
         assert_eq!(json_string("ünïcødé →"), "\"ünïcødé →\"");
+        assert_eq!(json_string("csi\u{9b}"), "\"csi\\u009b\"");
     }
 
     #[test]
@@ -207,7 +220,7 @@ mod tests {
         r.finish(&mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "ok    fine\nFAIL  broken?really\n      fix: mend it\n\
+            "ok    fine\nFAIL  broken\\nreally\n      fix: mend it\n\
              checks: 1 ok, 0 warnings, 1 failed\n"
         );
     }

@@ -14,7 +14,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::describe;
 use crate::report::json_string;
@@ -24,8 +24,13 @@ use crate::serve::{Probe, Record};
 const LAST_ERRORS: usize = 5;
 /// How much of the end of a log file `status` reads for them.
 const LOG_TAIL: u64 = 64 * 1024;
-/// How long a listener gets to answer.
+/// How long a listener gets to answer (ours answer at once, from memory).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `status` takes at most, however many sockets do not answer.
+const OVERALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer read: a listener at its cap of connections says a
+/// few kilobytes; anything longer is not one of ours.
+const MAX_ANSWER: usize = 1 << 20;
 
 /// The directory of the listeners' status sockets.
 fn control_dir(git_dir: &Path) -> PathBuf {
@@ -39,7 +44,7 @@ pub fn control_path(git_dir: &Path, netname: &str) -> PathBuf {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Listener {
+pub(crate) struct Listener {
     pid: String,
     netname: String,
     address: String,
@@ -51,7 +56,7 @@ struct Listener {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct Conn {
+pub(crate) struct Conn {
     peer: String,
     since: u64,
     bytes_in: u64,
@@ -60,7 +65,7 @@ struct Conn {
 
 /// Parse a listener's snapshot: a tab-separated `listener` line, then one
 /// `conn` line per open connection.
-fn parse_snapshot(text: &str) -> Option<Listener> {
+pub(crate) fn parse_snapshot(text: &str) -> Option<Listener> {
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next()?.splitn(8, '\t').collect();
     let [kind, pid, netname, address, started, max, listening, socket] = head[..] else {
@@ -101,17 +106,56 @@ enum Answer {
     Failed(String),
 }
 
-fn ask(path: &Path) -> Answer {
-    let mut conn = match UnixStream::connect(path) {
-        Ok(c) => c,
+/// Ask one status socket, by `deadline` at the latest: whatever is there
+/// (a hung listener, a socket someone else made) cannot hold `status`
+/// longer, nor make it read more than `MAX_ANSWER`.
+fn ask(path: &Path, deadline: Instant) -> Answer {
+    let late = || {
+        Answer::Failed(format!(
+            "no whole answer in time (status waits {} s for a listener, {} s in all)",
+            ANSWER_TIMEOUT.as_secs(),
+            OVERALL_TIMEOUT.as_secs()
+        ))
+    };
+    let until = deadline.min(Instant::now() + ANSWER_TIMEOUT);
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return late();
+    }
+    let mut conn = match crate::net::unix::connect_within(path, left) {
+        Ok(fd) => UnixStream::from(fd),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Answer::Stale,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => return late(),
         Err(e) => return Answer::Failed(describe(&e)),
     };
-    let _ = conn.set_read_timeout(Some(ANSWER_TIMEOUT));
-    let mut text = String::new();
-    if let Err(e) = conn.read_to_string(&mut text) {
-        return Answer::Failed(describe(&e));
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return late();
+        }
+        let _ = conn.set_read_timeout(Some(left));
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Answer::Failed(describe(&e)),
+        }
+        if bytes.len() > MAX_ANSWER {
+            return Answer::Failed(format!(
+                "answer longer than {} KiB: not a listener of ours",
+                MAX_ANSWER / 1024
+            ));
+        }
     }
+    let text = String::from_utf8_lossy(&bytes);
     match parse_snapshot(&text) {
         Some(l) => Answer::Live(l),
         None => Answer::Failed("unreadable answer".into()),
@@ -153,7 +197,11 @@ pub fn run(json: bool) -> i32 {
     let dir = control_dir(&git_dir);
     // Socket paths must be short; the names are, so ask from inside.
     if std::env::set_current_dir(&dir).is_err() {
-        return print(&render(&serve, &[], &[], &errors(&git_dir), json));
+        let secrets = crate::auth::known_secrets(&git_dir);
+        return print(&crate::auth::redact(
+            &render(&serve, &[], &[], &errors(&git_dir), json),
+            &secrets,
+        ));
     }
     let mut names: Vec<PathBuf> = std::fs::read_dir(".")
         .map(|d| {
@@ -165,8 +213,9 @@ pub fn run(json: bool) -> i32 {
     names.sort();
     let mut listeners = Vec::new();
     let mut notes = Vec::new();
+    let deadline = Instant::now() + OVERALL_TIMEOUT;
     for name in names {
-        match ask(&name) {
+        match ask(&name, deadline) {
             Answer::Live(l) => listeners.push(l),
             Answer::Stale => {
                 // Tidy up after a listener that was killed (SIGKILL leaves
@@ -176,7 +225,11 @@ pub fn run(json: bool) -> i32 {
             Answer::Failed(why) => notes.push(format!("{}: {why}", name.display())),
         }
     }
-    print(&render(&serve, &listeners, &notes, &errors(&git_dir), json))
+    let secrets = crate::auth::known_secrets(&git_dir);
+    print(&crate::auth::redact(
+        &render(&serve, &listeners, &notes, &errors(&git_dir), json),
+        &secrets,
+    ))
 }
 
 /// (log file, its last error lines) for every listener log in the default
@@ -218,7 +271,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn render(
+/// The report; in text, every line with its control characters escaped
+/// (what listeners and logs say may come from anyone).
+pub(crate) fn render(
     serve: &Probe,
     listeners: &[Listener],
     notes: &[String],
@@ -230,7 +285,10 @@ fn render(
         let rest = rest.strip_prefix("{\n").unwrap_or(&rest);
         format!("{{\n  \"serve\": {},\n{rest}", serve_json(serve))
     } else {
-        serve_text(serve, now()) + &render_text(listeners, notes, errors, now())
+        (serve_text(serve, now()) + &render_text(listeners, notes, errors, now()))
+            .lines()
+            .map(|l| crate::text::printable(l) + "\n")
+            .collect()
     }
 }
 

@@ -182,6 +182,13 @@ pub fn parent_death_signal() {
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGUSR1);
 }
 
+/// The user we run as (the effective uid, the one the kernel checks).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid(2) takes nothing, cannot fail and touches no memory
+    // of ours (nix has it only behind a feature we do not otherwise need).
+    unsafe { libc::geteuid() }
+}
+
 /// The signals the `git` shim passes on to the service it runs.
 const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 

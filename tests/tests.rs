@@ -19,6 +19,8 @@ mod status;
 mod e2e_annex;
 // `p2p-annex check` on healthy and broken real git-annex repositories.
 mod check;
+// Hostile local users and peers: planted sockets, echoed tokens, injections.
+mod security;
 // `p2p-annex serve` supervising a real remotedaemon.
 mod serve;
 // The socks netname: danted, a hostile SOCKS server, git-annex through danted.

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::cli::HELPER_PREFIX;
+use crate::cli::{HELPER_PREFIX, valid_netname};
 use crate::config::{self, Config};
 use crate::error::{Error, describe};
 use crate::net::Transport;
@@ -29,6 +29,9 @@ pub struct Repo {
     /// on `p2p-annex::` networks, or why it could not be read.
     pub enabled: Result<Vec<NetAddr>, String>,
     pub remotes: Vec<Remote>,
+    /// Remotes whose `p2p-annex::` URL names no valid netname: (remote,
+    /// URL). Nothing of theirs is used further.
+    pub bad_remotes: Vec<(String, String)>,
     /// None when there is no /proc to read.
     pub procs: Option<Vec<Proc>>,
 }
@@ -41,9 +44,13 @@ pub struct NetAddr {
 }
 
 impl NetAddr {
-    /// `p2p-annex::tcp:10.0.0.1:5599` → tcp, 10.0.0.1:5599.
+    /// `p2p-annex::tcp:10.0.0.1:5599` → tcp, 10.0.0.1:5599. None when it
+    /// is not one, or names no valid netname.
     pub fn from_url(url: &str) -> Option<NetAddr> {
         let (netname, address) = url.trim().strip_prefix("p2p-annex::")?.split_once(':')?;
+        if !valid_netname(netname) {
+            return None;
+        }
         Some(NetAddr {
             netname: netname.to_string(),
             address: address.to_string(),
@@ -127,6 +134,7 @@ impl Repo {
         };
         let enabled = read_enabled(&git_dir);
         let mut remotes = Vec::new();
+        let mut bad_remotes = Vec::new();
         for (key, value) in &records {
             let Some(name) = key
                 .strip_prefix("remote.")
@@ -134,7 +142,9 @@ impl Repo {
             else {
                 continue;
             };
-            if let Some(na) = NetAddr::from_url(value) {
+            if value.trim().starts_with("p2p-annex::") && NetAddr::from_url(value).is_none() {
+                bad_remotes.push((name.to_string(), value.clone()));
+            } else if let Some(na) = NetAddr::from_url(value) {
                 remotes.push(Remote {
                     uuid: get(&format!("remote.{name}.annex-uuid")),
                     name: name.to_string(),
@@ -155,7 +165,8 @@ impl Repo {
             .flatten()
             .map(|na| na.netname.clone())
             .chain(remotes.iter().map(|r| r.netname.clone()))
-            .chain(configured);
+            .chain(configured)
+            .filter(|name| valid_netname(name));
         for name in in_use {
             if !names.contains(&name) {
                 names.push(name);
@@ -182,6 +193,7 @@ impl Repo {
             nets,
             enabled,
             remotes,
+            bad_remotes,
             procs: (!procs.is_empty()).then_some(procs),
         })
     }
@@ -352,6 +364,7 @@ mod tests {
         );
         assert_eq!(NetAddr::from_url("tor-annex::x.onion:80"), None);
         assert_eq!(NetAddr::from_url("p2p-annex::nocolon"), None);
+        assert_eq!(NetAddr::from_url("p2p-annex::x;touch /tmp/pwn;:1:2"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::cli::HELPER_PREFIX;
 use crate::error::describe;
 use crate::net::Transport;
 use crate::report::Check;
+use crate::text::{printable, shell_quote as q};
 
 use super::facts::{Helper, Net, NetAddr, Repo, find_on};
 
@@ -87,9 +88,9 @@ pub fn remote_helper(path: &[PathBuf], annex: Option<&Path>) -> Check {
                     let dir = annex.parent().unwrap_or(Path::new("."));
                     format!(
                         "it is part of git-annex (a multicall binary): \
-                         `ln -s {} {}/git-remote-p2p-annex`",
-                        annex.display(),
-                        dir.display()
+                         `ln -s {} {}`",
+                        q(&annex.display().to_string()),
+                        q(&dir.join("git-remote-p2p-annex").display().to_string())
                     )
                 }
                 None => "install git-annex first; then make git-remote-p2p-annex a link to it"
@@ -148,8 +149,8 @@ pub fn helper_links(repo: &Repo) -> Vec<Check> {
                 exe.as_ref().map(|exe| {
                     format!(
                         "run the check with that one, or point the link here: `ln -sf {} {}`",
-                        exe.display(),
-                        link.display()
+                        q(&exe.display().to_string()),
+                        q(&link.display().to_string())
                     )
                 }),
             ),
@@ -189,7 +190,7 @@ pub fn helper_links(repo: &Repo) -> Vec<Check> {
                     format!(
                         "`git config --global {} tcp` (or socks, or unix-sockets), on every \
                          host of network {}",
-                        net.cfg.name("transport"),
+                        q(&net.cfg.name("transport")),
                         net.name
                     ),
                 ));
@@ -200,8 +201,9 @@ pub fn helper_links(repo: &Repo) -> Vec<Check> {
 }
 
 fn link_fix(netname: &str, exe: Option<&Path>) -> String {
-    let exe = exe.map_or("p2p-annex".to_string(), |e| e.display().to_string());
-    let ln = format!("`ln -s {exe} DIR/{HELPER_PREFIX}{netname}`, DIR a directory on PATH");
+    let exe = exe.map_or("p2p-annex".to_string(), |e| q(&e.display().to_string()));
+    let link = q(&format!("DIR/{HELPER_PREFIX}{netname}"));
+    let ln = format!("`ln -s {exe} {link}`, DIR a directory on PATH");
     if BUILTIN.contains(&netname) {
         format!("`make install` (it links tcp, socks and unix-sockets), or {ln}")
     } else {
@@ -260,13 +262,42 @@ pub fn addresses(repo: &Repo) -> Vec<Check> {
                          {}` again (p2p-annex prints IPv6 without brackets), restart remotedaemon \
                          and give peers the new address from `git annex p2p --gen-addresses`",
                         repo.show(&repo.git_dir.join("annex/creds/p2paddrs")),
-                        na.netname
+                        q(&na.netname)
                     ),
                 )
             }
         });
     }
     checks
+}
+
+/// Remotes whose URL names a netname no helper can have: refused, never
+/// put into a command line.
+pub fn bad_remotes(repo: &Repo) -> Vec<Check> {
+    repo.bad_remotes
+        .iter()
+        .map(|(name, url)| {
+            let netname = url
+                .trim()
+                .strip_prefix("p2p-annex::")
+                .and_then(|rest| rest.split_once(':'))
+                .map_or("", |(netname, _)| netname);
+            Check::fail(
+                "remote-url",
+                format!(
+                    "remote {}: URL {}: {}",
+                    printable(name),
+                    printable(url.trim()),
+                    crate::cli::bad_netname(netname)
+                ),
+                format!(
+                    "`git remote remove {}`, then link the peer again with \
+                     `git annex p2p --link` and a line from its `git annex p2p --gen-addresses`",
+                    q(name)
+                ),
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -286,7 +317,9 @@ pub fn problem(transport: Transport, address: &str) -> Option<Problem> {
     };
     match transport {
         Transport::Tcp | Transport::Socks => {
-            if decoded.contains(['[', ']']) {
+            // `[::1]:5000`, not any address with a bracket in it (an
+            // escape sequence has one).
+            if decoded.starts_with('[') && decoded.contains("]:") {
                 return Some(Problem::Bracketed);
             }
             HostPort::parse(&decoded)

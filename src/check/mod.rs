@@ -41,8 +41,10 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Ok(repo) => repo,
         Err(check) => return report.add(out, vec![check]),
     };
-    let checks: [fn(&Repo) -> Vec<Check>; 8] = [
+    report.redact(crate::auth::known_secrets(&repo.git_dir));
+    let checks: [fn(&Repo) -> Vec<Check>; 9] = [
         local::repository,
+        local::bad_remotes,
         local::helper_links,
         local::addresses,
         serve::remotedaemon,

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::net::{Transport, socks, tcp, unix};
 use crate::report::Check;
+use crate::text::shell_quote as q;
 
 use super::facts::{Net, Remote, Repo};
 use super::local::{Problem, problem};
@@ -46,7 +47,7 @@ pub fn peer(repo: &Repo, net: &Net, remote: &Remote) -> Vec<Check> {
                 "get a new line from the peer's `git annex p2p --gen-addresses` (p2p-annex \
                  prints IPv6 without brackets), then `git remote remove {0}` and \
                  `git annex p2p --link --name {0}`",
-                remote.name
+                q(&remote.name)
             ),
         )];
     }
@@ -56,9 +57,9 @@ pub fn peer(repo: &Repo, net: &Net, remote: &Remote) -> Vec<Check> {
             let fix = match e {
                 // Our own settings are wrong, not the peer.
                 Error::Config(_) | Error::Usage(_) | Error::Addr(_) => format!(
-                    "correct the setting (`git config --show-origin --get-regexp '^p2p-annex\\.{}\\.'` \
+                    "correct the setting (`git config --show-origin --get-regexp {}` \
                      shows where it is)",
-                    net.name
+                    q(&format!("^p2p-annex\\.{}\\.", net.name))
                 ),
                 _ => reach_fix(transport, &net.cfg),
             };
@@ -86,11 +87,8 @@ fn connect(transport: Transport, cfg: &Config, address: &str) -> Result<OwnedFd,
             socks::connect(&settings, &HostPort::parse(&address)?)
         }
         Transport::UnixSockets => {
-            let path = unix::path(cfg, &address)?;
-            unix::connect_within(&path, REACH_TIMEOUT).map_err(|cause| Error::Connect {
-                target: path.display().to_string(),
-                cause,
-            })
+            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
+            unix::connect(cfg, &address, timeout.min(REACH_TIMEOUT))
         }
     }
 }
@@ -109,7 +107,8 @@ fn reach_fix(transport: Transport, cfg: &Config) -> String {
         Transport::UnixSockets => format!(
             "{peer}, and that both repositories use the same {} (here {})",
             cfg.name("dir"),
-            cfg.get("dir").unwrap_or(unix::DEFAULT_DIR)
+            cfg.get("dir")
+                .map_or_else(|| unix::default_dir().display().to_string(), str::to_string)
         ),
     }
 }
@@ -121,7 +120,7 @@ fn authenticate(repo: &Repo, remote: &Remote, shown: &str, conn: &OwnedFd) -> Ch
     let relink = format!(
         "get a new line from the peer's `git annex p2p --gen-addresses`, then `git remote remove \
          {0}` and `git annex p2p --link --name {0}`",
-        remote.name
+        q(&remote.name)
     );
     let Some(uuid) = &repo.uuid else {
         return Check::fail(

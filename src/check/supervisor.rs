@@ -111,15 +111,10 @@ fn workaround(pid: u32, holder: Option<u32>, serve_cmd: &str) -> Check {
     }
 }
 
-/// `'it'\''s'`: a path pasted into a shell stays one word.
+/// `'it'\''s'`: a path pasted into a shell stays one word (and on its line:
+/// see `text::shell_quote`, which every suggested command uses).
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%".contains(&b))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
+    crate::text::shell_quote(s)
 }
 
 #[cfg(test)]

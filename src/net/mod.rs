@@ -92,7 +92,11 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
             let settings = socks::Settings::from_config(cfg)?;
             End::Socket(socks::connect(&settings, &target)?)
         }
-        Transport::UnixSockets => End::Socket(unix::connect(&unix::path(cfg, &address)?)?.into()),
+        Transport::UnixSockets => {
+            // A listener whose backlog is full must not hang us.
+            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
+            End::Socket(unix::connect(cfg, &address, timeout)?)
+        }
     };
     relay_stdio(peer)
 }
@@ -195,16 +199,40 @@ fn listener_log(cfg: &Config, git_dir: Option<&Path>) -> Log {
         }
         None => None,
     };
-    match path {
-        Some(path) => Log::file(netname, &path).unwrap_or_else(|e| {
+    let Some(path) = path else {
+        return Log::stderr(netname);
+    };
+    let refused =
+        log_dir_problem(&path, git_dir).map(|problem| format!("refusing its directory: {problem}"));
+    match refused.map_or_else(
+        || Log::file(netname, &path).map_err(|e| crate::error::describe(&e)),
+        Err,
+    ) {
+        Ok(log) => log,
+        Err(why) => {
             let log = Log::stderr(netname);
             log.line(format_args!(
-                "cannot open the log file {}: {}",
-                path.display(),
-                crate::error::describe(&e)
+                "cannot open the log file {}: {why}",
+                path.display()
             ));
             log
-        }),
-        None => Log::stderr(netname),
+        }
+    }
+}
+
+/// Why the directory of a log outside the repository is no place for it,
+/// if it is not: another user could plant or swap files there (a shared
+/// /tmp, say). The repository's own directories are the user's business.
+fn log_dir_problem(path: &Path, git_dir: Option<&Path>) -> Option<String> {
+    if git_dir.is_some_and(|g| path.starts_with(g)) {
+        return None;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match crate::trust::dir_problem(dir, crate::trust::Owner::MeOrRoot) {
+        Ok(problem) => problem,
+        Err(e) => Some(crate::error::describe(&e)),
     }
 }

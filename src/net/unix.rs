@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,14 +17,63 @@ use crate::addr::parse_token;
 use crate::config::Config;
 use crate::error::Error;
 use crate::sys;
+use crate::trust;
 
-pub const DEFAULT_DIR: &str = "/tmp";
+/// The socket directory when none is configured: private to this user, so
+/// that no other local user can plant a socket file where we connect or
+/// take over a name where we listen (SECURITY.md).
+pub fn default_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(run) if Path::new(&run).is_absolute() => Path::new(&run).join("p2p-annex"),
+        _ => PathBuf::from(format!("/tmp/p2p-annex-{}", trust::me())),
+    }
+}
+
+/// The socket directory: the configured one as it is (a shared directory
+/// such as git-annex's demo /tmp is the user's choice; each socket file in
+/// it is checked), else the private default, made 0700 when missing and
+/// refused when another user could write to it.
+pub fn dir(cfg: &Config) -> Result<PathBuf, Error> {
+    if let Some(dir) = cfg.get("dir") {
+        return Ok(PathBuf::from(dir));
+    }
+    let dir = default_dir();
+    let refuse = |problem: String| Error::Untrusted {
+        path: format!("socket directory {}", dir.display()),
+        problem: format!(
+            "{problem}; remove it (another user may have made it), or set {} to a \
+             directory of your own",
+            cfg.name("dir")
+        ),
+    };
+    match trust::private_dir(&dir) {
+        Ok(None) => Ok(dir),
+        Ok(Some(problem)) => Err(refuse(problem)),
+        Err(e) => Err(Error::io(
+            format!("cannot make the socket directory {}", dir.display()),
+            e,
+        )),
+    }
+}
 
 /// Where the token's socket file lives.
 pub fn path(cfg: &Config, token: &str) -> Result<PathBuf, Error> {
     let token = parse_token(token)?;
-    let dir = cfg.get("dir").unwrap_or(DEFAULT_DIR);
-    Ok(Path::new(dir).join(token))
+    Ok(dir(cfg)?.join(token))
+}
+
+/// The users whose socket files we connect to: us, root, and whoever
+/// `trust-uid` names (several may be given).
+pub fn trusted_uids(cfg: &Config) -> Result<Vec<u32>, Error> {
+    let mut uids = vec![trust::me(), 0];
+    for v in cfg.get_all("trust-uid") {
+        let uid = v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| cfg.bad_value("trust-uid", v, "a numeric user id"))?;
+        uids.push(uid);
+    }
+    Ok(uids)
 }
 
 /// Address mode: a fresh token, unguessable enough that two repositories
@@ -33,11 +82,84 @@ pub fn new_token() -> String {
     format!("{:016x}", sys::random_u64())
 }
 
-pub fn connect(path: &Path) -> Result<UnixStream, Error> {
-    UnixStream::connect(path).map_err(|cause| Error::Connect {
-        target: path.display().to_string(),
+/// Connect to the token's socket within `timeout`, but only to a socket
+/// file of a trusted user (checked with lstat before, so no byte goes to a
+/// planted socket; a symbolic link must be a trusted user's too, and lead
+/// to such a socket) served by a trusted user (SO_PEERCRED after).
+pub fn connect(cfg: &Config, token: &str, timeout: Duration) -> Result<OwnedFd, Error> {
+    let path = path(cfg, token)?;
+    let trusted = trusted_uids(cfg)?;
+    let shown = path.display().to_string();
+    let untrusted = |what: &str, uid: u32| Error::Untrusted {
+        path: shown.clone(),
+        problem: format!(
+            "{what} {}, not this user or root; if you trust that user, \
+             `git config {} {uid}`",
+            trust::describe_uid(uid),
+            crate::text::shell_quote(&cfg.name("trust-uid")),
+        ),
+    };
+    match std::fs::symlink_metadata(&path) {
+        // git-annex's demo script listens by linking its address to
+        // git-annex's own socket: a link of ours to a socket of ours is
+        // fine, anyone else's link is not followed.
+        Ok(m) if m.file_type().is_symlink() => {
+            if !trusted.contains(&m.uid()) {
+                return Err(untrusted("the symbolic link belongs to", m.uid()));
+            }
+            if let Ok(target) = std::fs::metadata(&path) {
+                if !target.file_type().is_socket() {
+                    return Err(Error::Untrusted {
+                        path: shown,
+                        problem: "it does not lead to a socket file".into(),
+                    });
+                }
+                if !trusted.contains(&target.uid()) {
+                    return Err(untrusted(
+                        "the socket file it leads to belongs to",
+                        target.uid(),
+                    ));
+                }
+            }
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(Error::Untrusted {
+                path: shown,
+                problem: "it is not a socket file".into(),
+            });
+        }
+        Ok(m) if !trusted.contains(&m.uid()) => {
+            return Err(untrusted("the socket file belongs to", m.uid()));
+        }
+        // A missing file: connect says so.
+        _ => {}
+    }
+    let fd = connect_within(&path, timeout).map_err(|cause| Error::Connect {
+        target: shown.clone(),
         cause,
-    })
+    })?;
+    if let Some(uid) = peer_uid(&fd) {
+        if !trusted.contains(&uid) {
+            return Err(untrusted("the process listening there runs as", uid));
+        }
+    }
+    Ok(fd)
+}
+
+/// The user of the process at the other end (None where the system does
+/// not tell; Linux does).
+fn peer_uid(fd: &OwnedFd) -> Option<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        socket::getsockopt(fd, sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.uid())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = fd;
+        None
+    }
 }
 
 /// A blocking unix-socket connect waits while the listener's backlog is full;
@@ -72,6 +194,18 @@ pub fn listener(path: &Path) -> Result<UnixListener, Error> {
     match UnixListener::bind(path) {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse && is_stale(path) => {
+            // Only our own leftovers: another user's file stays, even
+            // where we could remove it (as root, or in a shared directory).
+            let owner = std::fs::symlink_metadata(path).map_err(bind_err)?.uid();
+            if owner != trust::me() {
+                return Err(Error::Untrusted {
+                    path: path.display().to_string(),
+                    problem: format!(
+                        "a socket file of {} is there; not replacing it",
+                        trust::describe_uid(owner)
+                    ),
+                });
+            }
             std::fs::remove_file(path).map_err(bind_err)?;
             UnixListener::bind(path).map_err(bind_err)
         }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod account;
 pub mod annex;
 pub mod danted;
 pub mod peers;
