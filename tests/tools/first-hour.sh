@@ -13,9 +13,10 @@
 #        a commit: uncommitted changes are not in the clone)
 set -eu
 
-# How A serves, as the README's Quick start says: `serve` (p2p-annex serve,
-# in the foreground, supervised) or `remotedaemon` (git annex remotedaemon,
-# which goes to the background). The one line to change when serve lands.
+# How A serves: `serve` (p2p-annex serve, as the README's Quick start says:
+# supervised, with the CONNECTDONE workaround; any failed sync fails the
+# script) or `remotedaemon` (the README's "Without serve": git annex
+# remotedaemon, and a sync repeated up to 3 times, as the README says).
 SERVE=${FIRST_HOUR_SERVE:-serve}
 
 die() {
