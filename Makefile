@@ -61,6 +61,7 @@ ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
 .PHONY: all install uninstall check check-install check-cross check-vendor check-dist \
 	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
 	check-overlay bench-overlay fuzz-smoke repro-race
+.PHONY: install-git-annex uninstall-git-annex check-deps sizes first-hour
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
@@ -94,8 +95,13 @@ uninstall:
 # The whole test suite: unit tests, the binary against real peers, and
 # real git-annex repositories syncing through it (git-annex comes from
 # PyPI into $(GIT_ANNEX_DIR) when it is not on PATH), and make install.
-check: lint-man git-annex check-install check-dist
+check: check-deps lint-man git-annex check-install check-dist
 	$(CARGO) test --locked $(CARGOFLAGS)
+
+# What check needs besides Rust and git (mandoc, socat, dante-server, pip):
+# installed with apt-get when run as root, else named (issue 16).
+check-deps:
+	@tests/tools/install-deps.sh
 
 # make install into a temporary DESTDIR: the exact tree, working links,
 # and an uninstall that leaves no file behind.
@@ -109,6 +115,23 @@ check-dist: all
 
 git-annex:
 	@command -v git-annex >/dev/null 2>&1 || tests/tools/install-git-annex.sh $(GIT_ANNEX_DIR) >/dev/null
+
+# --- git-annex for users (issue 16) -----------------------------------------
+# git-annex from PyPI (a static build) for distributions whose git-annex
+# predates the generic P2P transport (Debian 12's 10.20230126): the wheel in
+# GIT_ANNEX_LIBDIR, and git-annex, git-annex-shell and git-remote-p2p-annex
+# in BINDIR as small scripts that set MAGIC (the wheel's file-type database)
+# and run it. Needs python3 with pip (installed with apt-get when run as
+# root) and PyPI. PREFIX, BINDIR and DESTDIR work as for install.
+GIT_ANNEX_LIBDIR ?= $(PREFIX)/lib/p2p-annex/git-annex
+install-git-annex:
+	tests/tools/install-git-annex.sh $(DESTDIR)$(GIT_ANNEX_LIBDIR) $(DESTDIR)$(BINDIR) $(GIT_ANNEX_LIBDIR) >/dev/null
+	@echo "git-annex $$(MAGIC=$(DESTDIR)$(GIT_ANNEX_LIBDIR)/py/git_annex/magic.mgc $(DESTDIR)$(GIT_ANNEX_LIBDIR)/bin/git-annex version --raw) in $(DESTDIR)$(GIT_ANNEX_LIBDIR); git-annex, git-annex-shell, git-remote-p2p-annex in $(DESTDIR)$(BINDIR)"
+
+# Removes the scripts install-git-annex wrote (only those) and the wheel.
+uninstall-git-annex:
+	tests/tools/install-git-annex.sh --uninstall $(DESTDIR)$(GIT_ANNEX_LIBDIR) $(DESTDIR)$(BINDIR)
+# --- end git-annex for users ------------------------------------------------
 
 # mandoc -Tlint exits 0 on warnings with some versions: fail on any output.
 lint-man:
@@ -127,25 +150,34 @@ bench-overlay: all git-annex
 	tests/overlay/run.sh --bench $(OVERLAY_FLAGS) $(BIN) $(GIT_ANNEX_DIR)
 
 # Fully static, stripped binaries at target/<triple>/release/p2p-annex
-# (or under CARGO_TARGET_DIR).
+# (or under CARGO_TARGET_DIR). Adds the rustup targets it needs. With the
+# nightly toolchain std is rebuilt for size with panic=immediate-abort
+# (half the size); STATIC_NIGHTLY=no builds with stable only, yes insists
+# on nightly. See tests/tools/build-static.sh.
+STATIC_NIGHTLY ?= auto
 static:
-	@for t in $(STATIC_TARGETS); do \
-		test -d "$$(rustc --print sysroot)/lib/rustlib/$$t" || { \
-			echo "make static: the $$t target is not installed (make cross-deps, or rustup target add $$t)" >&2; exit 1; }; \
-	done
-	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$(AARCH64_LINKER) \
-		$(CARGO) build --release --locked $(CARGOFLAGS) $(STATIC_TARGETS:%=--target %)
-	@for t in $(STATIC_TARGETS); do ls -l $(TARGET_DIR)/$$t/release/p2p-annex; done
+	CARGO="$(CARGO)" CARGOFLAGS="$(CARGOFLAGS)" AARCH64_LINKER=$(AARCH64_LINKER) \
+		tests/tools/build-static.sh $(STATIC_NIGHTLY) $(NIGHTLY) $(TARGET_DIR) $(STATIC_TARGETS)
 
 static-armv7:
 	@$(ARMV7_READY) || { echo "make static-armv7: needs the $(NIGHTLY) toolchain with rust-src, $(ARMV7_CC) and armhf musl in $(ARMV7_MUSL) (make cross-deps CROSS_ARMV7=yes)" >&2; exit 1; }
 	mkdir -p $(ARMV7_LINKDIR)
 	ln -sfn $(ARMV7_UNWIND) $(ARMV7_LINKDIR)/libunwind.a
 	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_LINKER=$(ARMV7_CC) \
-	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no -C link-arg=-B$(ARMV7_MUSL) -L $(ARMV7_MUSL) -L $(ARMV7_LINKDIR)" \
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="$$(tests/tools/build-static.sh --abort-flags $(NIGHTLY)) -C link-self-contained=no -C link-arg=-B$(ARMV7_MUSL) -L $(ARMV7_MUSL) -L $(ARMV7_LINKDIR)" \
 		$(CARGO) +$(NIGHTLY) build --release --locked $(CARGOFLAGS) \
 		-Zbuild-std=std,panic_abort --target $(ARMV7)
 	@ls -l $(TARGET_DIR)/$(ARMV7)/release/p2p-annex
+
+# --- binary sizes (issue 16) --------------------------------------------------
+# Builds the glibc and static binaries (armv7 too where its toolchain is
+# installed) and prints their sizes as the README's table: the README's
+# numbers come from here, never from memory.
+sizes: all static
+	@if $(ARMV7_READY); then $(MAKE) --no-print-directory static-armv7 >/dev/null; \
+	else echo "sizes: armv7 left out (make cross-deps CROSS_ARMV7=yes)" >&2; fi
+	@tests/tools/sizes.sh $(TARGET_DIR) $(STATIC_TARGETS) $(ARMV7)
+# --- end binary sizes ---------------------------------------------------------
 
 # What the static builds and the emulated tests need: rustup's musl targets,
 # qemu-user-static (apt, as root) and, for armv7, nightly's rust-src with
@@ -204,6 +236,14 @@ repro-race: git-annex
 		MAGIC="$(abspath $(GIT_ANNEX_DIR))/py/git_annex/magic.mgc"; export PATH MAGIC; fi; \
 	tests/tools/repro-connectdone-race.sh $(RACE_FLAGS) $(RACE_TRIALS) \
 		|| echo "repro-race: the reproduction could not run (informational only)"
+# --- the first hour (issue 16) ---------------------------------------------
+# The README's steps as a new user takes them, in a clone of this commit with
+# a fresh HOME and the system's PATH: make, make install and
+# make install-git-annex into a temporary prefix, the Quick start with two
+# repositories syncing over tcp on loopback, p2p-annex check, uninstall.
+first-hour:
+	tests/tools/first-hour.sh
+# --- end the first hour -------------------------------------------------------
 
 # p2p-annex against socat helpers, side by side; writes target/bench/results.md
 # (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a

@@ -45,14 +45,17 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.NETNAME.user-timeout give up on a silent peer, default 2m
   p2p-annex.socks.address        HOST:PORT peers reach us at (may repeat)
   p2p-annex.socks.proxy          HOST:PORT or unix:/PATH, default 127.0.0.1:1080
-  p2p-annex.socks.proxy-user     with proxy-password: RFC 1929 credentials
+  p2p-annex.socks.proxy-user     with p2p-annex.socks.proxy-password:
+                                 RFC 1929 credentials for the proxy
   p2p-annex.socks.listen         where listen mode binds, default 127.0.0.1
   p2p-annex.socks.connect-timeout  default 60s
   p2p-annex.unix-sockets.dir     socket directory, default private:
                                  $XDG_RUNTIME_DIR/p2p-annex or /tmp/p2p-annex-UID
   p2p-annex.unix-sockets.trust-uid  another user whose sockets we use
+  p2p-annex.unix-sockets.connect-timeout  default 30s
   p2p-annex.NETNAME.allow        peer network allowed in (CIDR; may repeat)
   p2p-annex.NETNAME.max-connections  default 100
+  p2p-annex.NETNAME.idle-timeout close idle connections after this; default never
   p2p-annex.NETNAME.log          listener log (default .git/annex/ when
                                  stderr is /dev/null)
 

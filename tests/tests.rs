@@ -33,3 +33,5 @@ mod socks;
 // Running unattended: binding before the address exists, vanished peers,
 // running out of descriptors (network namespaces; root).
 mod unattended;
+// The configuration keys of --help, the man page, the README and src/ agree.
+mod docs;
