@@ -28,6 +28,8 @@ Usage:
                                              the foreground (for systemd, procd,
                                              OpenRC): restart it when it dies, stop
                                              it and its listeners on SIGTERM
+  git ARGS...                                (a link named git) the git shim serve
+                                             puts first on remotedaemon's PATH
   p2p-annex --help | --version
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,

@@ -66,7 +66,7 @@ BIN=$TARGET/release/p2p-annex
 if [ -z "${STATIC_BIN:-}" ] && make -C "$ROOT" -n static >/dev/null 2>&1; then
 	say "building the static binary (make static)"
 	make -C "$ROOT" --no-print-directory static >/dev/null
-	STATIC_BIN=$(find "$TARGET" -path '*musl*/release/p2p-annex' -type f | head -n 1)
+	STATIC_BIN=$(find "$TARGET" -path "*$(uname -m)-unknown-linux-musl*/release/p2p-annex" -type f | head -n 1)
 fi
 if [ -n "${BEFORE:-}" ]; then [ -x "$BEFORE" ] || die "BEFORE=$BEFORE is not executable"; fi
 

@@ -1139,7 +1139,11 @@ pub struct RemoteDaemon<'e> {
 
 impl RemoteDaemon<'_> {
     pub fn pids(&self) -> Vec<u32> {
-        self.daemons.iter().map(|p| p.pid).collect()
+        self.daemons
+            .iter()
+            .filter(|p| p.still_running())
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// The listen-mode helper processes remotedaemon started.
@@ -1175,6 +1179,20 @@ impl RemoteDaemon<'_> {
         let start = Instant::now();
         loop {
             let table = all_procs();
+            // A process of the daemonizing fork may have been found first
+            // and be gone now: take in every remotedaemon of the repository.
+            for p in &table {
+                if p.alive()
+                    && p.is_remotedaemon()
+                    && p.cwd_is(&self.repo)
+                    && !self
+                        .daemons
+                        .iter()
+                        .any(|d| d.pid == p.pid && d.start == p.start)
+                {
+                    self.daemons.push(p.clone());
+                }
+            }
             let roots: BTreeSet<u32> = self.pids().into_iter().collect();
             let tree = with_descendants(&table, &roots);
             let below: Vec<Proc> = table
