@@ -18,6 +18,9 @@ pub struct Config {
     /// `(key, value)` in git's order, keys without the `p2p-annex.<netname>.`
     /// prefix, lowercased as git prints them. Later entries win.
     entries: Vec<(String, String)>,
+    /// The netnames that git config gives a `transport`, for the hint when
+    /// this one has none.
+    defined: Vec<String>,
 }
 
 impl Config {
@@ -38,13 +41,29 @@ impl Config {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
             .collect();
-        Config::from_entries(netname, entries)
+        let mut defined: Vec<String> = records
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("p2p-annex.")?.strip_suffix(".transport"))
+            .map(str::to_string)
+            .collect();
+        defined.sort();
+        defined.dedup();
+        Config {
+            defined,
+            ..Config::from_entries(netname, entries)
+        }
+    }
+
+    /// Netnames that git config gives a transport (`p2p-annex.NAME.transport`).
+    pub fn defined_netnames(&self) -> &[String] {
+        &self.defined
     }
 
     pub fn from_entries(netname: &str, entries: Vec<(String, String)>) -> Config {
         Config {
             netname: netname.to_string(),
             entries,
+            defined: Vec::new(),
         }
     }
 

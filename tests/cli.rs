@@ -96,6 +96,21 @@ fn unknown_netname_says_how_to_configure_it() {
         stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets)"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("(netnames here: tcp, socks, unix-sockets)"),
+        "{stderr}"
+    );
+    // A typo of a netname that is configured: the message names it.
+    let (status, _, stderr) = run(helper(&link, home.path())
+        .arg("address")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "p2p-annex.myyggdrasil.transport")
+        .env("GIT_CONFIG_VALUE_0", "socks"));
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("(netnames here: tcp, socks, unix-sockets, myyggdrasil)"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -39,10 +39,16 @@ impl Transport {
                 .ok_or_else(|| cfg.bad_value("transport", name, "tcp, socks or unix-sockets")),
             None => Err(Error::Usage(format!(
                 "unknown netname {:?}: set its transport with `git config {} socks` \
-                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.*",
+                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.* \
+                 (netnames here: {})",
                 cfg.netname(),
                 cfg.name("transport"),
-                cfg.netname()
+                cfg.netname(),
+                ["tcp", "socks", "unix-sockets"]
+                    .into_iter()
+                    .chain(cfg.defined_netnames().iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }

@@ -197,10 +197,19 @@ pub fn addresses(cfg: &mut Config) -> Result<Vec<String>, Error> {
                     .strip_prefix('[')
                     .and_then(|h| h.strip_suffix(']'))
                     .unwrap_or(h);
-                Host::parse(bare)
-                    .map_err(|_| cfg.bad_value("address", h, "a host name or IP address"))
+                let host = Host::parse(bare).map_err(|_| bad_address(cfg, h))?;
+                if let Some(group) = port_meant(&host, bare) {
+                    eprintln!(
+                        "p2p-annex: {}: warning: {} {h:?} is taken as an IPv6 address; \
+                         if {group} is a port, set it in {} and leave it out of the address",
+                        cfg.netname(),
+                        cfg.name("address"),
+                        cfg.name("port")
+                    );
+                }
+                Ok(host)
             })
-            .collect::<Result<_, _>>()?
+            .collect::<Result<_, Error>>()?
     };
     if hosts.is_empty() {
         return Err(Error::Config(format!(
@@ -216,6 +225,27 @@ pub fn addresses(cfg: &mut Config) -> Result<Vec<String>, Error> {
         }
     }
     Ok(lines)
+}
+
+/// A configured `address` that is no host, with the likely fix.
+fn bad_address(cfg: &Config, value: &str) -> Error {
+    if HostPort::parse(value).is_ok() {
+        let expected = format!(
+            "a host name or IP address, without a port: the port goes in {}",
+            cfg.name("port")
+        );
+        return cfg.bad_value("address", value, &expected);
+    }
+    cfg.bad_value("address", value, "a host name or IP address")
+}
+
+/// The last group of an unbracketed IPv6 address that reads like a port
+/// someone meant (`fd77::1:5599`): four decimal digits (five are no group
+/// and fail as a bad host). It is a valid address, so only a warning.
+fn port_meant<'a>(host: &Host, text: &'a str) -> Option<&'a str> {
+    let Host::V6(..) = host else { return None };
+    let last = text.rsplit(':').next()?;
+    (last.len() == 4 && last.bytes().all(|b| b.is_ascii_digit())).then_some(last)
 }
 
 /// The configured port, or a new one, stored so the address stays stable.
@@ -471,6 +501,26 @@ mod tests {
         assert_eq!(parse_bind("::", 5599), Some("[::]:5599".parse().unwrap()));
         assert_eq!(parse_bind("host", 5599), None);
         assert_eq!(parse_bind("10.0.0.1:0x50", 5599), None);
+    }
+
+    #[test]
+    fn a_port_in_the_address_gets_a_hint() {
+        let cfg = Config::from_entries("tcp", vec![]);
+        for with_port in ["[fd77::1]:5599", "10.0.0.1:5599", "host.example:80"] {
+            let msg = bad_address(&cfg, with_port).to_string();
+            assert!(msg.contains("the port goes in p2p-annex.tcp.port"), "{msg}");
+        }
+        let msg = bad_address(&cfg, "a b").to_string();
+        assert!(!msg.contains("port"), "{msg}");
+        let port_of = |text: &str| port_meant(&Host::parse(text).unwrap(), text).map(String::from);
+        assert_eq!(port_of("fd77::1:5599").as_deref(), Some("5599"));
+        assert_eq!(port_of("fd77::1:8080").as_deref(), Some("8080"));
+        // Five digits are no IPv6 group: an error, with the hint.
+        let msg = bad_address(&cfg, "fd77::1:65535").to_string();
+        assert!(msg.contains("the port goes in"), "{msg}");
+        assert_eq!(port_of("fd77::1:abcd"), None);
+        assert_eq!(port_of("fd77::1:99"), None);
+        assert_eq!(port_of("10.0.0.1"), None);
     }
 
     #[test]
