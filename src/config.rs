@@ -168,7 +168,7 @@ pub fn git_dir() -> Option<std::path::PathBuf> {
 
 /// Split `git config -z` output: records end with NUL, and a newline parts
 /// the key from the value (a key without a value is boolean true in git).
-pub(crate) fn parse_records(out: &[u8]) -> Vec<(String, String)> {
+pub fn parse_records(out: &[u8]) -> Vec<(String, String)> {
     out.split(|&b| b == 0)
         .filter(|rec| !rec.is_empty())
         .map(|rec| {

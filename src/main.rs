@@ -1,28 +1,7 @@
 //! p2p-annex: git-annex's generic P2P transport helpers in one binary.
 //! `main` only turns results into messages and exit codes.
 
-mod addr;
-mod allow;
-mod auth;
-mod check;
-mod cli;
-mod config;
-mod error;
-mod gitshim;
-mod listen;
-mod log;
-mod md5;
-mod mover;
-mod net;
-mod procs;
-mod relay;
-mod report;
-mod serve;
-mod socks5;
-mod status;
-mod sys;
-mod text;
-mod trust;
+use p2p_annex::{check, cli, error, gitshim, net, serve, status, sys, text};
 
 use std::ffi::OsStr;
 use std::io::Write;

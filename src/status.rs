@@ -44,7 +44,7 @@ pub fn control_path(git_dir: &Path, netname: &str) -> PathBuf {
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Listener {
+pub struct Listener {
     pid: String,
     netname: String,
     address: String,
@@ -56,7 +56,7 @@ pub(crate) struct Listener {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Conn {
+pub struct Conn {
     peer: String,
     since: u64,
     bytes_in: u64,
@@ -65,7 +65,7 @@ pub(crate) struct Conn {
 
 /// Parse a listener's snapshot: a tab-separated `listener` line, then one
 /// `conn` line per open connection.
-pub(crate) fn parse_snapshot(text: &str) -> Option<Listener> {
+pub fn parse_snapshot(text: &str) -> Option<Listener> {
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next()?.splitn(8, '\t').collect();
     let [kind, pid, netname, address, started, max, listening, socket] = head[..] else {
@@ -273,7 +273,7 @@ fn now() -> u64 {
 
 /// The report; in text, every line with its control characters escaped
 /// (what listeners and logs say may come from anyone).
-pub(crate) fn render(
+pub fn render(
     serve: &Probe,
     listeners: &[Listener],
     notes: &[String],
