@@ -14,6 +14,9 @@ pub mod md5;
 pub mod socks5;
 pub mod text;
 
+// The status wire format and where a listener keeps its files.
+pub mod control;
+
 // The one error type, and configuration (its parsers are pure; reading it
 // runs `git config`).
 pub mod config;

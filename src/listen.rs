@@ -29,6 +29,7 @@ use nix::sys::socket::{Shutdown, shutdown};
 
 use crate::allow::{self, Cidr};
 use crate::config::Config;
+use crate::control::{self, Conn, Snapshot, unix_secs};
 use crate::error::{Error, describe};
 use crate::log::Log;
 use crate::relay::{self, End, Progress};
@@ -136,8 +137,9 @@ pub struct Options {
     pub allow: Vec<Cidr>,
     /// Where to answer `p2p-annex status`, when in a repository.
     pub control: Option<PathBuf>,
-    /// Netname and address, as `status` shows them.
-    pub label: String,
+    /// Netname and address (`-` when none), as `status` shows them.
+    pub netname: String,
+    pub address: String,
     /// Close connections that moved no byte for this long. None by default:
     /// remotedaemon keeps idle connections open on purpose (DESIGN.md), and
     /// TCP keepalive finds peers that are gone.
@@ -199,7 +201,8 @@ impl Options {
             max_connections,
             allow,
             control: None,
-            label: format!("{}\t-", cfg.netname()),
+            netname: cfg.netname().to_string(),
+            address: "-".to_string(),
             idle_timeout: Some(cfg.duration("idle-timeout", Duration::ZERO)?)
                 .filter(|d| !d.is_zero()),
             user_timeout: crate::net::tcp::user_timeout(cfg)?,
@@ -334,7 +337,10 @@ pub fn serve(
     let signals = sys::signal_pipe().map_err(|e| Error::io("cannot set up signal handling", e))?;
     let watch = Watch::new(socket)?;
     // Set up before "listening on", which tells the world we are ready.
-    let control = opts.control.as_deref().and_then(|p| Control::bind(p, &log));
+    let control = opts
+        .control
+        .as_deref()
+        .and_then(|p| control::Server::bind(p, &log));
     let mut slots: Vec<Slot> = endpoints.into_iter().map(Slot::new).collect();
     for slot in &mut slots {
         // Bound already (a unix socket): set up and announce it here.
@@ -370,7 +376,7 @@ pub fn serve(
             .chain(
                 control_polled
                     .iter()
-                    .map(|c| PollFd::new(c.listener.as_fd(), PollFlags::POLLIN)),
+                    .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
             )
             .chain([PollFd::new(signals.as_fd(), PollFlags::POLLIN)])
             .collect();
@@ -402,7 +408,7 @@ pub fn serve(
                 .is_some_and(|r| !r.is_empty());
         drop(fds);
         if let (true, Some(control)) = (asked, &control) {
-            control.answer(&header(&slots, &socket, opts, started), &registry);
+            control.answer(&|| snapshot(&slots, &socket, opts, started, &registry));
         }
         if signalled {
             if let Some(sig) = read_signal(&signals) {
@@ -487,10 +493,17 @@ pub fn serve(
     Ok(())
 }
 
-/// The first line of a status snapshot: this listener, and where it
-/// listens (the endpoints it still waits for are shown as such).
-fn header(slots: &[Slot], socket: &Path, opts: &Options, started: SystemTime) -> String {
-    let places: Vec<String> = slots
+/// What this listener tells `p2p-annex status`: itself, where it listens
+/// (the endpoints it still waits for are shown as such), and its open
+/// connections.
+fn snapshot(
+    slots: &[Slot],
+    socket: &Path,
+    opts: &Options,
+    started: SystemTime,
+    registry: &Registry,
+) -> Snapshot {
+    let listening = slots
         .iter()
         .flat_map(|s| {
             if s.bound.is_empty() {
@@ -500,15 +513,16 @@ fn header(slots: &[Slot], socket: &Path, opts: &Options, started: SystemTime) ->
             }
         })
         .collect();
-    format!(
-        "listener\t{}\t{}\t{}\t{}\t{}\t{}",
-        std::process::id(),
-        opts.label,
-        unix_secs(started),
-        opts.max_connections,
-        places.join(","),
-        socket.display()
-    )
+    Snapshot {
+        pid: std::process::id().to_string(),
+        netname: opts.netname.clone(),
+        address: opts.address.clone(),
+        started: unix_secs(started),
+        max: opts.max_connections.to_string(),
+        listening,
+        socket: socket.display().to_string(),
+        conns: registry.snapshot(),
+    }
 }
 
 /// Accept failed for want of descriptors or memory: nothing to do but wait
@@ -758,21 +772,20 @@ impl Registry {
         self.closed.notify_all();
     }
 
-    /// One line per open connection, oldest first, for the status snapshot.
-    fn snapshot(&self) -> Vec<String> {
+    /// The open connections, oldest first, for the status snapshot.
+    fn snapshot(&self) -> Vec<Conn> {
         let open = self.lock();
         let mut ids: Vec<&u64> = open.1.keys().collect();
         ids.sort();
         ids.into_iter()
             .map(|id| {
                 let o = &open.1[id];
-                format!(
-                    "conn\t{}\t{}\t{}\t{}",
-                    o.peer,
-                    unix_secs(o.since),
-                    o.progress.a_to_b.load(Ordering::Relaxed),
-                    o.progress.b_to_a.load(Ordering::Relaxed)
-                )
+                Conn {
+                    peer: o.peer.clone(),
+                    since: unix_secs(o.since),
+                    bytes_in: o.progress.a_to_b.load(Ordering::Relaxed),
+                    bytes_out: o.progress.b_to_a.load(Ordering::Relaxed),
+                }
             })
             .collect()
     }
@@ -822,96 +835,6 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Open>)> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Where `p2p-annex status` asks a running listener what it is doing: a
-/// unix socket under `.git/annex/p2p-annex/`, answered with a snapshot
-/// (the listener, then one line per open connection with its live byte
-/// counts) and closed. Nothing is written to disk while the listener runs.
-struct Control {
-    listener: UnixListener,
-    path: PathBuf,
-}
-
-/// Longest unix socket path we bind (sun_path is 108 bytes on Linux, 104
-/// on the BSDs).
-const MAX_SOCKET_PATH: usize = 100;
-
-impl Control {
-    fn bind(path: &Path, log: &Log) -> Option<Control> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = path.parent()?;
-        let _ = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir);
-        // A long absolute path may still fit relative to where we run
-        // (remotedaemon starts us at the repository's top).
-        let short = if path.as_os_str().len() > MAX_SOCKET_PATH {
-            let cwd = std::env::current_dir().ok()?;
-            path.strip_prefix(&cwd).ok()?.to_path_buf()
-        } else {
-            path.to_path_buf()
-        };
-        if short.as_os_str().len() > MAX_SOCKET_PATH {
-            log.line(format_args!(
-                "no status socket: {} is too long a path",
-                path.display()
-            ));
-            return None;
-        }
-        // The name holds our pid: a file there is a leftover of a listener
-        // that was killed and whose pid we now have.
-        let _ = std::fs::remove_file(&short);
-        match UnixListener::bind(&short).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
-            Ok(listener) => Some(Control {
-                listener,
-                path: short,
-            }),
-            Err(e) => {
-                log.line(format_args!(
-                    "no status socket at {}: {}",
-                    path.display(),
-                    describe(&e)
-                ));
-                None
-            }
-        }
-    }
-
-    /// Answer every waiting `status`, each from a thread of its own so a
-    /// reader that does not read cannot stall the listener.
-    fn answer(&self, header: &str, registry: &Registry) {
-        while let Ok((conn, _)) = self.listener.accept() {
-            let mut text = format!("{header}\n");
-            for line in registry.snapshot() {
-                text.push_str(&line);
-                text.push('\n');
-            }
-            let _ = std::thread::Builder::new()
-                .name("status".into())
-                .stack_size(CONNECTION_STACK)
-                .spawn(move || {
-                    use std::io::Write;
-                    let mut conn = conn;
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-                    let _ = conn.write_all(text.as_bytes());
-                });
-        }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

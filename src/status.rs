@@ -16,6 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::control::{self, Snapshot};
 use crate::error::describe;
 use crate::report::json_string;
 use crate::serve::{Probe, Record};
@@ -32,75 +33,9 @@ const OVERALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// few kilobytes; anything longer is not one of ours.
 const MAX_ANSWER: usize = 1 << 20;
 
-/// The directory of the listeners' status sockets.
-fn control_dir(git_dir: &Path) -> PathBuf {
-    git_dir.join("annex").join("p2p-annex")
-}
-
-/// Where this listener answers `status`: named after the netname and our
-/// pid, so listeners of one repository (one per address) never collide.
-pub fn control_path(git_dir: &Path, netname: &str) -> PathBuf {
-    control_dir(git_dir).join(format!("{netname}.{}.sock", std::process::id()))
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Listener {
-    pid: String,
-    netname: String,
-    address: String,
-    started: u64,
-    max: String,
-    listening: Vec<String>,
-    socket: String,
-    conns: Vec<Conn>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub struct Conn {
-    peer: String,
-    since: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
-/// Parse a listener's snapshot: a tab-separated `listener` line, then one
-/// `conn` line per open connection.
-pub fn parse_snapshot(text: &str) -> Option<Listener> {
-    let mut lines = text.lines();
-    let head: Vec<&str> = lines.next()?.splitn(8, '\t').collect();
-    let [kind, pid, netname, address, started, max, listening, socket] = head[..] else {
-        return None;
-    };
-    if kind != "listener" {
-        return None;
-    }
-    let mut listener = Listener {
-        pid: pid.to_string(),
-        netname: netname.to_string(),
-        address: address.to_string(),
-        started: started.parse().ok()?,
-        max: max.to_string(),
-        listening: listening.split(',').map(str::to_string).collect(),
-        socket: socket.to_string(),
-        conns: Vec::new(),
-    };
-    for line in lines {
-        let f: Vec<&str> = line.split('\t').collect();
-        if let ["conn", peer, since, bytes_in, bytes_out] = f[..] {
-            listener.conns.push(Conn {
-                peer: peer.to_string(),
-                since: since.parse().ok()?,
-                bytes_in: bytes_in.parse().ok()?,
-                bytes_out: bytes_out.parse().ok()?,
-            });
-        }
-    }
-    Some(listener)
-}
-
 /// What one status socket said.
 enum Answer {
-    Live(Listener),
+    Live(Snapshot),
     /// Nobody listens there: a listener that was killed left it.
     Stale,
     Failed(String),
@@ -156,7 +91,7 @@ fn ask(path: &Path, deadline: Instant) -> Answer {
         }
     }
     let text = String::from_utf8_lossy(&bytes);
-    match parse_snapshot(&text) {
+    match Snapshot::parse(&text) {
         Some(l) => Answer::Live(l),
         None => Answer::Failed("unreadable answer".into()),
     }
@@ -194,7 +129,7 @@ pub fn run(json: bool) -> i32 {
         return 1;
     };
     let serve = crate::serve::probe(&git_dir);
-    let dir = control_dir(&git_dir);
+    let dir = control::dir(&git_dir);
     // Socket paths must be short; the names are, so ask from inside.
     if std::env::set_current_dir(&dir).is_err() {
         let secrets = crate::auth::known_secrets(&git_dir);
@@ -242,7 +177,7 @@ fn errors(git_dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("p2p-annex.") && n.ends_with(".log"))
+                        .is_some_and(control::is_log_name)
                 })
                 .collect()
         })
@@ -275,7 +210,7 @@ fn now() -> u64 {
 /// (what listeners and logs say may come from anyone).
 pub fn render(
     serve: &Probe,
-    listeners: &[Listener],
+    listeners: &[Snapshot],
     notes: &[String],
     errors: &[(PathBuf, Vec<String>)],
     json: bool,
@@ -344,7 +279,7 @@ fn serve_json(serve: &Probe) -> String {
 }
 
 fn render_text(
-    listeners: &[Listener],
+    listeners: &[Snapshot],
     notes: &[String],
     errors: &[(PathBuf, Vec<String>)],
     now: u64,
@@ -393,7 +328,7 @@ fn render_text(
 }
 
 fn render_json(
-    listeners: &[Listener],
+    listeners: &[Snapshot],
     notes: &[String],
     errors: &[(PathBuf, Vec<String>)],
 ) -> String {
@@ -484,28 +419,8 @@ mod tests {
                             conn\t10.0.0.2:40000\t1900\t12582912\t2048\n";
 
     #[test]
-    fn snapshots_parse() {
-        let l = parse_snapshot(SNAPSHOT).unwrap();
-        assert_eq!(l.pid, "4711");
-        assert_eq!(l.listening, vec!["10.0.0.1:5599"]);
-        assert_eq!(l.socket, ".git/annex/p2p/abc");
-        assert_eq!(
-            l.conns,
-            vec![Conn {
-                peer: "10.0.0.2:40000".into(),
-                since: 1900,
-                bytes_in: 12582912,
-                bytes_out: 2048
-            }]
-        );
-        assert_eq!(parse_snapshot("garbage"), None);
-        assert_eq!(parse_snapshot(""), None);
-        assert_eq!(parse_snapshot("listener\t1\ttcp"), None);
-    }
-
-    #[test]
     fn text_shows_each_connection() {
-        let l = parse_snapshot(SNAPSHOT).unwrap();
+        let l = Snapshot::parse(SNAPSHOT).unwrap();
         let text = render_text(&[l], &[], &[], 2000);
         assert_eq!(
             text,
@@ -516,7 +431,7 @@ mod tests {
 
     #[test]
     fn json_is_well_formed_enough() {
-        let l = parse_snapshot(SNAPSHOT).unwrap();
+        let l = Snapshot::parse(SNAPSHOT).unwrap();
         let j = render_json(&[l], &["x\"y".into()], &[]);
         assert!(j.contains("\"bytes_in\": 12582912"), "{j}");
         assert!(j.contains("\"notes\": [\"x\\\"y\"]"), "{j}");

@@ -4,6 +4,7 @@
 //! newlines, in text and in JSON, and no secret we know, in any case.
 #![no_main]
 
+use p2p_annex::control::Snapshot;
 use p2p_annex::{auth, serve, status};
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,7 @@ const SECRET: &[u8] = b"Zk4eW9xQm2Lr7TyB";
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let Some(listener) = status::parse_snapshot(&text) else {
+    let Some(listener) = Snapshot::parse(&text) else {
         return;
     };
     let listeners = [listener];

@@ -235,10 +235,7 @@ pub fn listeners(repo: &Repo) -> Vec<Check> {
 fn log_file(repo: &Repo, net: &Net) -> PathBuf {
     match net.cfg.get("log") {
         Some(path) => repo.top.join(path),
-        None => repo
-            .git_dir
-            .join("annex")
-            .join(format!("p2p-annex.{}.log", net.name)),
+        None => crate::control::log_path(&repo.git_dir, &net.name),
     }
 }
 

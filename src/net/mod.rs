@@ -207,8 +207,8 @@ fn listen_on(
 ) -> Result<(), Error> {
     let address = decode(address)?;
     let mut opts = listen::Options::from_config(cfg)?;
-    opts.label = format!("{}\t{address}", cfg.netname());
-    opts.control = git_dir.map(|dir| crate::status::control_path(dir, cfg.netname()));
+    opts.address = address.clone();
+    opts.control = git_dir.map(|dir| crate::control::socket_path(dir, cfg.netname()));
     let endpoints = match transport {
         Transport::Tcp => tcp::endpoints(cfg, &HostPort::parse(&address)?)?,
         Transport::Socks => socks::endpoints(cfg, &HostPort::parse(&address)?)?,
@@ -256,7 +256,7 @@ fn listener_log(cfg: &Config, git_dir: Option<&Path>) -> Log {
         // Under `p2p-annex serve` stderr is serve's pipe: the listener
         // keeps its own file, which `check` and `status` read.
         None if sys::stderr_goes_nowhere() || std::env::var_os(crate::serve::ENV_VAR).is_some() => {
-            git_dir.map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log")))
+            git_dir.map(|dir| crate::control::log_path(dir, netname))
         }
         None => None,
     };
