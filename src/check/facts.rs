@@ -74,7 +74,7 @@ pub struct Net {
     pub name: String,
     pub helper: Helper,
     pub cfg: Config,
-    pub transport: Result<Transport, Error>,
+    pub transport: Result<&'static Transport, Error>,
 }
 
 /// What `git-annex-p2p-<net>` on PATH is.

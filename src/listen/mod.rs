@@ -67,7 +67,7 @@ pub struct Options {
     pub allow: Vec<Cidr>,
     /// Where to answer `p2p-annex status`, when in a repository.
     pub control: Option<PathBuf>,
-    /// Netname and address (`-` when none), as `status` shows them.
+    /// Netname and address, as `status` shows them.
     pub netname: String,
     pub address: String,
     /// Close connections that moved no byte for this long. None by default:
@@ -104,7 +104,13 @@ pub enum BindFailure {
 }
 
 impl Options {
-    pub fn from_config(cfg: &Config) -> Result<Options, Error> {
+    /// The options of a listener of `address` (as git-annex gave it),
+    /// answering `status` at `control`.
+    pub fn from_config(
+        cfg: &Config,
+        address: &str,
+        control: Option<PathBuf>,
+    ) -> Result<Options, Error> {
         let max_connections = match cfg.get("max-connections") {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(v) => v
@@ -130,9 +136,9 @@ impl Options {
         Ok(Options {
             max_connections,
             allow,
-            control: None,
+            control,
             netname: cfg.netname().to_string(),
-            address: "-".to_string(),
+            address: address.to_string(),
             idle_timeout: Some(cfg.duration("idle-timeout", Duration::ZERO)?)
                 .filter(|d| !d.is_zero()),
             user_timeout: crate::net::tcp::user_timeout(cfg)?,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::{Address, Form, LazyConfig, Transport};
 use crate::addr::{Host, HostPort};
 use crate::config::Config;
 use crate::error::{Error, describe};
@@ -345,6 +346,42 @@ pub fn endpoints(cfg: &Config, target: &HostPort) -> Result<Vec<HostPort>, Error
         values.push(DEFAULT_LISTEN);
     }
     tcp::parse_binds(cfg, "listen", &values, target.port)
+}
+
+/// The `socks` transport (see `net`).
+pub const TRANSPORT: Transport = Transport {
+    name: "socks",
+    form: Form::HostPort,
+    connect: connect_peer,
+    addresses: |cfg| addresses(cfg),
+    listen: |cfg, address, opts, socket, log| {
+        tcp::serve_endpoints(endpoints(cfg, address.host_port()?)?, opts, socket, log)
+    },
+    reach_fix: |cfg, peer| {
+        format!(
+            "check that the proxy ({}) runs and reaches the peer's network; {peer}",
+            cfg.get("proxy").unwrap_or(DEFAULT_PROXY)
+        )
+    },
+};
+
+/// Reach a peer through the proxy, within `cap` if given.
+fn connect_peer(
+    cfg: &LazyConfig,
+    address: &Address,
+    cap: Option<Duration>,
+) -> Result<OwnedFd, Error> {
+    let cfg = cfg.get()?;
+    let mut settings = Settings::from_config(cfg)?;
+    if let Some(cap) = cap {
+        settings.cap_timeout(cap);
+    }
+    let sock = connect(&settings, address.host_port()?)?;
+    if cap.is_none() {
+        // Only a TCP proxy has a user timeout; a unix socket refuses it.
+        let _ = crate::sys::set_user_timeout(&sock, tcp::user_timeout(cfg)?);
+    }
+    Ok(sock)
 }
 
 #[cfg(test)]
