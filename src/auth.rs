@@ -47,7 +47,8 @@ impl Token {
 
 /// The file under `.git/annex/creds/` holding the token for an address:
 /// `<netname>:<address>` with every byte that is not an ASCII letter or
-/// digit written as `%XX` in upper-case hex (DESIGN.md; e.g.
+/// digit written as `%XX` in upper-case hex (doc/git-annex-contract.md,
+/// "Tokens"; e.g.
 /// `tcp%3A10%2E0%2E0%2E2%3A5599`).
 pub fn creds_file_name(netname: &str, address: &str) -> String {
     let mut out = String::new();

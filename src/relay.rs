@@ -8,7 +8,8 @@
 //! - A sink that hangs up (POLLHUP/POLLERR, EPIPE) ends its direction; nothing
 //!   can be delivered there any more, so the other direction only drains
 //!   what is already readable and ends too. This is how we notice git-annex
-//!   closing our stdout while the peer is silent (DESIGN.md).
+//!   closing our stdout while the peer is silent
+//!   (doc/git-annex-contract.md, "Closing").
 //! - A read or poll error ends the whole relay: both directions stop and the
 //!   error is returned.
 //!

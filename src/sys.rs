@@ -55,7 +55,8 @@ const KEEPALIVE_INTERVAL_SECS: u32 = 10;
 const KEEPALIVE_PROBES: u32 = 6;
 
 /// Options for every TCP socket we own: no Nagle (the P2P protocol is small
-/// request/response messages, Nagle cost 25x on small files, DESIGN.md),
+/// request/response messages, Nagle cost 25x on small files:
+/// doc/git-annex-contract.md, "Nagle"),
 /// keepalive, and the user timeout (see `set_user_timeout`).
 pub fn tune_tcp(sock: &impl AsFd, user_timeout: Duration) -> io::Result<()> {
     let fd = sock.as_fd();

@@ -306,7 +306,7 @@ pub fn bad_remotes(repo: &Repo) -> Vec<Check> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Problem {
     /// `[::1]:5000`: git-annex does not take it for a P2P address
-    /// (DESIGN.md, measured).
+    /// (measured: doc/git-annex-contract.md, "Bracketed IPv6").
     Bracketed,
     Malformed(String),
 }

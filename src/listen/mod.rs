@@ -1,7 +1,8 @@
 //! Listen mode: accept peers and relay each one to a fresh connection to
 //! the unix socket where git-annex serves the P2P protocol.
 //!
-//! git-annex does not supervise this process (DESIGN.md): remotedaemon
+//! git-annex does not supervise this process (doc/git-annex-contract.md,
+//! "Not supervised"): remotedaemon
 //! never waits for it, never stops it, and leaves it orphaned when it dies.
 //! So the listener looks after itself: it exits when its parent is gone or
 //! its socket file is removed or replaced, stops cleanly on SIGTERM, SIGINT
@@ -55,7 +56,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// are shut down.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// remotedaemon serves at most 100 connections per network (DESIGN.md).
+/// remotedaemon serves at most 100 connections per network
+/// (doc/git-annex-contract.md, "Limits and idle connections").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 
 /// The listener's limits, from configuration, and what it tells
@@ -71,7 +73,8 @@ pub struct Options {
     pub netname: String,
     pub address: String,
     /// Close connections that moved no byte for this long. None by default:
-    /// remotedaemon keeps idle connections open on purpose (DESIGN.md), and
+    /// remotedaemon keeps idle connections open on purpose
+    /// (doc/git-annex-contract.md, "Limits and idle connections"), and
     /// TCP keepalive finds peers that are gone.
     pub idle_timeout: Option<Duration>,
     /// For accepted TCP connections: see `sys::set_user_timeout`.

@@ -329,7 +329,8 @@ pub fn addresses(cfg: &Config) -> Result<Vec<String>, Error> {
                 "HOST:PORT, e.g. <publickey>.pk.ygg:12345 or <x>.onion:80",
             )
         })?;
-        // Never bracketed (DESIGN.md: git-annex cannot use bracketed IPv6).
+        // Never bracketed: git-annex cannot use bracketed IPv6
+        // (doc/git-annex-contract.md, "Bracketed IPv6").
         let line = hp.to_string();
         if !lines.contains(&line) {
             lines.push(line);

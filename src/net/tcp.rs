@@ -188,8 +188,8 @@ pub fn user_timeout(cfg: &Config) -> Result<Duration, Error> {
 }
 
 /// Address mode: `HOST:PORT` for each configured `address`, or for each
-/// usable address of this host. Never bracketed (DESIGN.md: git-annex
-/// cannot use bracketed IPv6).
+/// usable address of this host. Never bracketed: git-annex cannot use
+/// bracketed IPv6 (doc/git-annex-contract.md, "Bracketed IPv6").
 pub fn addresses(cfg: &mut Config) -> Result<Vec<String>, Error> {
     let port = port(cfg)?;
     let configured = cfg.get_all("address");
