@@ -10,7 +10,6 @@
 // Pure: parsing and formatting, no I/O.
 pub mod addr;
 pub mod allow;
-pub mod md5;
 pub mod socks5;
 pub mod text;
 
@@ -38,5 +37,4 @@ mod log;
 mod mover;
 mod procs;
 mod relay;
-mod report;
 mod trust;

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::control::{self, Snapshot};
-use crate::error::describe;
-use crate::report::json_string;
+use crate::error::{Error, describe};
 use crate::serve::{Probe, Record};
+use crate::text::json_string;
 
 /// How many error lines of each log `status` shows.
 const LAST_ERRORS: usize = 5;
@@ -122,11 +122,10 @@ fn last_errors(log: &Path) -> Vec<String> {
     found
 }
 
-/// `p2p-annex status [--json]`. Returns the exit status.
-pub fn run(json: bool) -> i32 {
+/// `p2p-annex status [--json]`: print the report.
+pub fn run(json: bool) -> Result<(), Error> {
     let Some(git_dir) = crate::config::git_dir() else {
-        eprintln!("p2p-annex: status: not in a git repository");
-        return 1;
+        return Err(Error::NotInRepository);
     };
     let serve = crate::serve::probe(&git_dir);
     let dir = control::dir(&git_dir);
@@ -192,11 +191,10 @@ fn errors(git_dir: &Path) -> Vec<(PathBuf, Vec<String>)> {
         .collect()
 }
 
-fn print(text: &str) -> i32 {
-    match io::stdout().write_all(text.as_bytes()) {
-        Ok(()) => 0,
-        Err(_) => 1,
-    }
+fn print(text: &str) -> Result<(), Error> {
+    io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(Error::Stdout)
 }
 
 fn now() -> u64 {

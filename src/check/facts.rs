@@ -6,14 +6,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::report::Check;
 use crate::cli::{HELPER_PREFIX, valid_netname};
 use crate::config::{self, Config};
 use crate::error::{Error, describe};
 use crate::net::Transport;
 use crate::procs::{self, Proc};
-use crate::report::Check;
 
-use super::local::problem;
+use super::address::problem;
 
 /// This repository, as git, its files and /proc show it.
 pub struct Repo {

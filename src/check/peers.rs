@@ -5,16 +5,16 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use super::report::Check;
 use crate::addr;
 use crate::auth::{self, Answer};
 use crate::config::Config;
 use crate::error::{Error, describe};
 use crate::net::{LazyConfig, Transport};
-use crate::report::Check;
 use crate::text::shell_quote as q;
 
+use super::address::{Problem, problem};
 use super::facts::{Net, Remote, Repo};
-use super::local::{Problem, problem};
 
 /// How long reaching a peer may take here, at most (a configured
 /// connect-timeout that is shorter wins): long enough for a slow overlay,

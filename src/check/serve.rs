@@ -6,12 +6,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::md5;
+use super::report::Check;
 use crate::addr;
 use crate::error::describe;
-use crate::md5;
 use crate::net::unix;
 use crate::procs;
-use crate::report::Check;
 
 use super::facts::{Net, NetAddr, Repo};
 
