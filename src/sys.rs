@@ -112,7 +112,7 @@ fn keepalive_timing(limit: Duration) -> (u32, u32) {
 /// IP_FREEBIND on Linux. The option lives at the IP level, which Linux also
 /// honours on IPv6 sockets (ipv6_setsockopt passes SOL_IP options on), so
 /// it works on kernels older than IPV6_FREEBIND (4.15) too. Elsewhere the
-/// bind fails with EADDRNOTAVAIL and the listener retries (listen.rs).
+/// bind fails with EADDRNOTAVAIL and the listener retries (listen/bind.rs).
 pub fn allow_absent_address(sock: &impl AsFd) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = setsockopt(&sock.as_fd(), sockopt::IpFreebind, &true);

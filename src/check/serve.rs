@@ -304,7 +304,7 @@ pub fn strays(repo: &Repo) -> Vec<Check> {
             };
             let mut fix = format!("`kill {}`", p.pid);
             if enabled && !daemons.is_empty() {
-                // remotedaemon's listener waits for the port (listen.rs).
+                // remotedaemon's listener waits for the port (listen/bind.rs).
                 fix.push_str(": remotedaemon's listener binds the port within 10 seconds");
             }
             Check::fail(
