@@ -371,6 +371,32 @@ pub fn signal_pipe_on_child_exit() -> io::Result<()> {
     Ok(())
 }
 
+/// Wait until `fd` is ready for `events`, or `deadline` passes (false).
+/// POLLHUP and POLLERR count as ready: the read or write that follows says
+/// what happened.
+pub fn ready_by(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    deadline: std::time::Instant,
+) -> Result<bool, nix::errno::Errno> {
+    use nix::poll::{PollFd, PollTimeout, poll};
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // Rounded up, so the last poll does not spin with 0 ms.
+        let ms = left.as_millis().saturating_add(1);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(fd, events)], timeout) {
+            // Nothing yet, or a signal: recheck the clock.
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

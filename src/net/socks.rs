@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 use super::{Address, Form, LazyConfig, Transport};
 use crate::addr::{Host, HostPort};
@@ -267,23 +267,7 @@ impl Handshake<'_> {
     /// Wait until the socket is ready for `events`, or the deadline passes
     /// (false). poll(2), not a helper thread: the design card's rule.
     fn ready(&self, events: PollFlags) -> Result<bool, Errno> {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            // Rounded up, so the last poll does not spin with 0 ms.
-            let ms = left.as_millis().saturating_add(1);
-            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd, events)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => continue, // recheck the clock
-                // POLLHUP/POLLERR count as ready: the read or write says what.
-                Ok(_) => return Ok(true),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        crate::sys::ready_by(self.fd, events, self.deadline)
     }
 
     fn budget(&self) -> String {
