@@ -61,7 +61,7 @@ ARMV7_READY = rustup toolchain list 2>/dev/null | grep -q '^$(NIGHTLY)' \
 .PHONY: all install uninstall check check-install check-cross check-vendor check-dist \
 	cross-deps lint-man demo bench clean git-annex static static-armv7 vendor \
 	check-overlay bench-overlay fuzz-smoke repro-race
-.PHONY: install-git-annex uninstall-git-annex check-deps sizes first-hour
+.PHONY: install-git-annex uninstall-git-annex check-deps sizes first-hour lint-code check-msrv
 
 all:
 	$(CARGO) build --release --locked $(CARGOFLAGS)
@@ -134,6 +134,19 @@ uninstall-git-annex:
 # --- end git-annex for users ------------------------------------------------
 
 # mandoc -Tlint exits 0 on warnings with some versions: fail on any output.
+# The code's own gates (CI runs them): formatting, and clippy with every
+# warning an error, on every target (tests included).
+lint-code:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# A build with the oldest Rust Cargo.toml declares (rust-version), in a
+# target directory of its own; rustup installs that toolchain when missing.
+MSRV = $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+check-msrv:
+	rustup toolchain list | grep -q "^$(MSRV)" || rustup toolchain install $(MSRV) --profile minimal
+	CARGO_TARGET_DIR=target/msrv $(CARGO) +$(MSRV) build --locked --all-targets
+
 lint-man:
 	@command -v mandoc >/dev/null 2>&1 || { echo "lint-man: mandoc is missing (Debian: apt-get install mandoc)" >&2; exit 1; }
 	@out=$$(mandoc -Tlint -W warning $(MANPAGES) 2>&1); \

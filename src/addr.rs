@@ -1,7 +1,7 @@
 //! P2P addresses: percent-decoding and `HOST:PORT` parsing. Pure, no I/O.
 //!
-//! git-annex cannot use bracketed IPv6 in a `p2p-annex::` URL (DESIGN.md,
-//! measured), so our addresses are `HOST:PORT` with the port after the last
+//! git-annex cannot use bracketed IPv6 in a `p2p-annex::` URL (measured:
+//! doc/git-annex-contract.md, "Bracketed IPv6"), so our addresses are `HOST:PORT` with the port after the last
 //! colon and IPv6 unbracketed (`200:abcd::1:5599`). Bracketed input is still
 //! accepted, and addresses we print are never bracketed.
 
@@ -43,7 +43,8 @@ impl fmt::Display for AddrError {
 impl std::error::Error for AddrError {}
 
 /// Decode `%XX` escapes. git-annex percent-encodes the address it passes
-/// (`a%20b`, `fe80::1%25eth0:5000`) while git passes it raw (DESIGN.md), so
+/// (`a%20b`, `fe80::1%25eth0:5000`) while git passes it raw
+/// (doc/git-annex-contract.md, "Percent-encoding"), so
 /// a `%` that is not followed by two hex digits is kept as it is.
 pub fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 /// Overrides the stored token for every address, as in git-annex.
 pub const TOKEN_ENV: &str = "GIT_ANNEX_P2P_AUTHTOKEN";
@@ -47,7 +47,8 @@ impl Token {
 
 /// The file under `.git/annex/creds/` holding the token for an address:
 /// `<netname>:<address>` with every byte that is not an ASCII letter or
-/// digit written as `%XX` in upper-case hex (DESIGN.md; e.g.
+/// digit written as `%XX` in upper-case hex (doc/git-annex-contract.md,
+/// "Tokens"; e.g.
 /// `tcp%3A10%2E0%2E0%2E2%3A5599`).
 pub fn creds_file_name(netname: &str, address: &str) -> String {
     let mut out = String::new();
@@ -239,21 +240,7 @@ pub fn exchange(
 
 /// Wait for `events` until the deadline (false when it passed).
 fn ready(fd: BorrowedFd<'_>, events: PollFlags, deadline: Instant) -> io::Result<bool> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(false);
-        }
-        // Rounded up, so the last poll does not spin with 0 ms.
-        let ms = left.as_millis().saturating_add(1);
-        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        match poll(&mut [PollFd::new(fd, events)], timeout) {
-            Ok(0) | Err(Errno::EINTR) => continue,
-            // POLLHUP/POLLERR count as ready: the read or write says what.
-            Ok(_) => return Ok(true),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(crate::sys::ready_by(fd, events, deadline)?)
 }
 
 #[cfg(test)]

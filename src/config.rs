@@ -155,20 +155,26 @@ pub fn read_regexp(pattern: &str) -> Result<Vec<(String, String)>, Error> {
 
 /// The repository's git directory, absolute, when we run inside one.
 pub fn git_dir() -> Option<std::path::PathBuf> {
+    git_path(&["rev-parse", "--absolute-git-dir"])
+}
+
+/// The one line git prints for `args` (a path), if it succeeds and prints
+/// one.
+pub fn git_path(args: &[&str]) -> Option<std::path::PathBuf> {
     let out = Command::new("git")
-        .args(["rev-parse", "--absolute-git-dir"])
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
-    let dir = text.trim_end_matches('\n');
-    (out.status.success() && !dir.is_empty()).then(|| std::path::PathBuf::from(dir))
+    let line = text.trim_end_matches('\n');
+    (out.status.success() && !line.is_empty()).then(|| std::path::PathBuf::from(line))
 }
 
 /// Split `git config -z` output: records end with NUL, and a newline parts
 /// the key from the value (a key without a value is boolean true in git).
-pub(crate) fn parse_records(out: &[u8]) -> Vec<(String, String)> {
+pub fn parse_records(out: &[u8]) -> Vec<(String, String)> {
     out.split(|&b| b == 0)
         .filter(|rec| !rec.is_empty())
         .map(|rec| {

@@ -39,6 +39,11 @@ pub enum Error {
     /// A program could not be started (exit 127 when it is missing, 126
     /// otherwise, as a shell does).
     Exec { program: String, cause: io::Error },
+    /// A command that needs a repository was run outside one.
+    NotInRepository,
+    /// Standard output is gone (a closed pipe): `main` exits 1 without a
+    /// message, which would be read by no one the output was for.
+    Stdout(io::Error),
 }
 
 impl Error {
@@ -84,6 +89,8 @@ impl fmt::Display for Error {
             Error::Exec { program, cause } => {
                 write!(f, "cannot run {program}: {}", describe(cause))
             }
+            Error::NotInRepository => write!(f, "not in a git repository"),
+            Error::Stdout(cause) => write!(f, "cannot write the output: {}", describe(cause)),
         }
     }
 }

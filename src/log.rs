@@ -1,7 +1,8 @@
 //! The event log of listen mode: one line per event, never payload bytes,
 //! never auth tokens.
 //!
-//! remotedaemon gives its listeners /dev/null for stderr (DESIGN.md), so
+//! remotedaemon gives its listeners /dev/null for stderr
+//! (doc/git-annex-contract.md, "stdio is /dev/null"), so
 //! when stderr goes nowhere the log goes to a file the user can find:
 //! `p2p-annex.<netname>.log`, by default `.git/annex/p2p-annex.<netname>.log`
 //! beside git-annex's own files. The file is rotated once (to `.1`) when it

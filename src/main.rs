@@ -1,28 +1,7 @@
 //! p2p-annex: git-annex's generic P2P transport helpers in one binary.
 //! `main` only turns results into messages and exit codes.
 
-mod addr;
-mod allow;
-mod auth;
-mod check;
-mod cli;
-mod config;
-mod error;
-mod gitshim;
-mod listen;
-mod log;
-mod md5;
-mod mover;
-mod net;
-mod procs;
-mod relay;
-mod report;
-mod serve;
-mod socks5;
-mod status;
-mod sys;
-mod text;
-mod trust;
+use p2p_annex::{check, cli, error, gitshim, net, serve, status, sys, text};
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -48,11 +27,20 @@ fn main() {
     let code = match cli::parse(std::env::args_os()) {
         Ok(Command::Help) => print(cli::HELP),
         Ok(Command::Version) => print(&format!("p2p-annex {}\n", env!("CARGO_PKG_VERSION"))),
-        Ok(Command::Check { json }) => check::run(json),
-        Ok(Command::Status { json }) => status::run(json),
+        Ok(Command::Check { json }) => match check::run(json) {
+            Ok(check::Verdict::Passed) => 0,
+            Ok(check::Verdict::Failed) => 1,
+            Err(e) => fail("check", &e),
+        },
+        Ok(Command::Status { json }) => match status::run(json) {
+            Ok(()) => 0,
+            Err(e) => fail("status", &e),
+        },
         Ok(Command::Serve(opts)) => match serve::run(opts) {
             Ok(()) => 0,
             Err(e) => {
+                // serve's messages are its own text (paths it found, advice
+                // over several lines), printed as they are.
                 eprintln!("p2p-annex: serve: {e}");
                 e.exit_code()
             }
@@ -60,12 +48,11 @@ fn main() {
         Ok(Command::Run { netname, mode }) => match net::run(&netname, mode) {
             Ok(()) => 0,
             Err(e) => {
-                // Messages quote paths and addresses, which may hold anything.
-                eprintln!("p2p-annex: {netname}: {}", text::printable(&e.to_string()));
-                if e.exit_code() == 2 && matches!(e, error::Error::Usage(_)) {
+                let code = fail(&netname, &e);
+                if code == 2 && matches!(e, error::Error::Usage(_)) {
                     eprintln!("Try 'p2p-annex --help'.");
                 }
-                e.exit_code()
+                code
             }
         },
         Err(e) => {
@@ -77,6 +64,16 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Say what failed, as `p2p-annex: WHAT: message` (messages quote paths
+/// and addresses, which may hold anything); the exit status. A closed
+/// stdout is said to no one.
+fn fail(what: &str, e: &error::Error) -> i32 {
+    if !matches!(e, error::Error::Stdout(_)) {
+        eprintln!("p2p-annex: {what}: {}", text::printable(&e.to_string()));
+    }
+    e.exit_code()
 }
 
 /// Print to stdout; a closed stdout is not worth a panic.

@@ -1,6 +1,7 @@
 //! The process table, from Linux's /proc: which remotedaemons and which
 //! listeners of ours run for a repository. remotedaemon writes no pid file
-//! (DESIGN.md), so the command line and working directory are all there is
+//! (doc/git-annex-contract.md,
+//! "Not supervised"), so the command line and working directory are all there is
 //! to go by.
 
 use std::path::{Path, PathBuf};

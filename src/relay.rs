@@ -8,7 +8,8 @@
 //! - A sink that hangs up (POLLHUP/POLLERR, EPIPE) ends its direction; nothing
 //!   can be delivered there any more, so the other direction only drains
 //!   what is already readable and ends too. This is how we notice git-annex
-//!   closing our stdout while the peer is silent (DESIGN.md).
+//!   closing our stdout while the peer is silent
+//!   (doc/git-annex-contract.md, "Closing").
 //! - A read or poll error ends the whole relay: both directions stop and the
 //!   error is returned.
 //!
@@ -287,5 +288,83 @@ fn pump(src: &End, dst: &End, link: &Link, moved: &AtomicU64) -> Result<Ending, 
             Err(Failure::Source(e)) => return Err((e.into(), true)),
             Err(Failure::Sink(e)) => return Err((e.into(), false)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The rules above, each on unix socket pairs: `a` and `b` are the
+    //! relay's ends, `far_a` and `far_b` what a peer and git-annex hold.
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The relay between two fresh socket pairs, run in a thread; the far
+    /// ends, and where its outcome arrives.
+    fn relay() -> (UnixStream, UnixStream, mpsc::Receiver<io::Result<Outcome>>) {
+        let (a, far_a) = UnixStream::pair().unwrap();
+        let (b, far_b) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (a, b) = (End::Socket(a.into()), End::Socket(b.into()));
+            let _ = tx.send(run(&a, &b));
+        });
+        (far_a, far_b, rx)
+    }
+
+    fn outcome(rx: &mpsc::Receiver<io::Result<Outcome>>) -> Outcome {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("the relay ended within 20 s")
+            .expect("the relay ran")
+    }
+
+    #[test]
+    fn eof_is_passed_on_and_the_other_direction_keeps_flowing() {
+        let (mut far_a, mut far_b, rx) = relay();
+        far_a.write_all(b"hello").unwrap();
+        far_a.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        far_b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hello", "a's bytes, then its EOF");
+        // After a's EOF, b still reaches a.
+        far_b.write_all(b"world, later").unwrap();
+        far_b.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        far_a.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"world, later");
+        let out = outcome(&rx);
+        assert_eq!((out.a_to_b, out.b_to_a), (5, 12));
+        assert!(out.error.is_none(), "{:?}", out.error);
+    }
+
+    #[test]
+    fn a_sink_that_hangs_up_ends_the_relay_while_the_other_side_is_silent() {
+        // git-annex closing our stdout while the peer says nothing.
+        let (far_a, mut far_b, rx) = relay();
+        drop(far_a);
+        let out = outcome(&rx);
+        assert!(out.error.is_none(), "{:?}", out.error);
+        // And b, silent all along, got a's EOF.
+        let mut got = Vec::new();
+        far_b.read_to_end(&mut got).unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_read_error_ends_the_whole_relay_and_says_which_end() {
+        let (mut far_a, far_b, rx) = relay();
+        far_a.write_all(b"unread").unwrap();
+        // b's holder closes with those bytes unread: the relay's next read
+        // of b fails with ECONNRESET.
+        let mut fds = [nix::poll::PollFd::new(far_b.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(10_000u16));
+        drop(far_b);
+        let out = outcome(&rx);
+        let e = out.error.expect("an error");
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{e}");
+        assert_eq!(out.failed_a, Some(false), "the error came from b");
+        assert_eq!(out.a_to_b, 6);
     }
 }

@@ -55,7 +55,8 @@ const KEEPALIVE_INTERVAL_SECS: u32 = 10;
 const KEEPALIVE_PROBES: u32 = 6;
 
 /// Options for every TCP socket we own: no Nagle (the P2P protocol is small
-/// request/response messages, Nagle cost 25x on small files, DESIGN.md),
+/// request/response messages, Nagle cost 25x on small files:
+/// doc/git-annex-contract.md, "Nagle"),
 /// keepalive, and the user timeout (see `set_user_timeout`).
 pub fn tune_tcp(sock: &impl AsFd, user_timeout: Duration) -> io::Result<()> {
     let fd = sock.as_fd();
@@ -111,7 +112,7 @@ fn keepalive_timing(limit: Duration) -> (u32, u32) {
 /// IP_FREEBIND on Linux. The option lives at the IP level, which Linux also
 /// honours on IPv6 sockets (ipv6_setsockopt passes SOL_IP options on), so
 /// it works on kernels older than IPV6_FREEBIND (4.15) too. Elsewhere the
-/// bind fails with EADDRNOTAVAIL and the listener retries (listen.rs).
+/// bind fails with EADDRNOTAVAIL and the listener retries (listen/bind.rs).
 pub fn allow_absent_address(sock: &impl AsFd) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = setsockopt(&sock.as_fd(), sockopt::IpFreebind, &true);
@@ -368,6 +369,32 @@ pub fn signal_pipe_on_child_exit() -> io::Result<()> {
     // SAFETY: the handler only calls async-signal-safe functions.
     unsafe { sigaction(Signal::SIGCHLD, &action) }?;
     Ok(())
+}
+
+/// Wait until `fd` is ready for `events`, or `deadline` passes (false).
+/// POLLHUP and POLLERR count as ready: the read or write that follows says
+/// what happened.
+pub fn ready_by(
+    fd: BorrowedFd<'_>,
+    events: nix::poll::PollFlags,
+    deadline: std::time::Instant,
+) -> Result<bool, nix::errno::Errno> {
+    use nix::poll::{PollFd, PollTimeout, poll};
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        // Rounded up, so the last poll does not spin with 0 ms.
+        let ms = left.as_millis().saturating_add(1);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(fd, events)], timeout) {
+            // Nothing yet, or a signal: recheck the clock.
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,9 +38,44 @@ pub fn shell_quote(word: &str) -> String {
     format!("'{}'", printable(word).replace('\'', r"'\''"))
 }
 
+/// A JSON string (RFC 8259 section 7): quote, backslash and every control
+/// character escaped; everything else is already valid UTF-8.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // C1 controls too (U+0080-U+009F): JSON allows them raw, but
+            // some terminals act on them (fuzz/status found this).
+            c if c.is_control() => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_escape_what_they_must() {
+        assert_eq!(json_string("plain"), "\"plain\"");
+        assert_eq!(
+            json_string("a \"b\" \\ c\nd\te\u{1}"),
+            "\"a \\\"b\\\" \\\\ c\\nd\\te\\u0001\""
+        );
+        assert_eq!(json_string("ünïcødé →"), "\"ünïcødé →\"");
+        assert_eq!(json_string("csi\u{9b}"), "\"csi\\u009b\"");
+    }
 
     #[test]
     fn control_characters_are_escaped() {

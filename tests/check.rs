@@ -13,7 +13,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::support::annex::{Env, Outcome, Repo, Secret, all_procs, git_annex};
-use crate::support::{KillOnDrop, Proc, bin, free_port, listener_under_sleep, wait_until};
+use crate::support::{
+    KillOnDrop, Proc, bin, find_on_path, free_port, listener_under_sleep, wait_until,
+};
 
 /// `p2p-annex check ARGS` in `repo`, with the test's PATH.
 fn check(repo: &Repo, args: &[&str]) -> Outcome {
@@ -508,11 +510,4 @@ fn outside_a_repository_it_says_so() {
         stderr.contains("\"status\" cannot be a netname"),
         "{stderr}"
     );
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }

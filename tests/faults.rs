@@ -11,8 +11,14 @@ use std::time::{Duration, Instant};
 use crate::support::peers::*;
 use crate::support::*;
 
+/// Entries of a /proc directory of the listener; a test that cannot read
+/// them cannot measure a leak, so it fails rather than compare zeros.
 fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    let n = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {dir} to measure the listener: {e}"))
+        .count();
+    assert!(n > 0, "{dir} is empty: nothing measured");
+    n
 }
 
 fn fds(pid: u32) -> usize {
@@ -23,15 +29,17 @@ fn threads(pid: u32) -> usize {
     count_entries(&format!("/proc/{pid}/task"))
 }
 
+/// The listener's resident memory; panics when it cannot be read (a
+/// memory check of nothing would pass).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status to measure memory: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .filter(|&kib| kib > 0)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status: nothing measured"))
 }
 
 #[test]
@@ -111,9 +119,19 @@ fn a_peer_reset_mid_transfer_ends_only_its_own_connection() {
         },
     )
     .expect("linger");
+    // The listener names a peer by its address: the victim's is our end.
+    let victim_at = victim.local_addr().expect("victim address").to_string();
     drop(victim);
-    let line = listener.wait_for_stderr("after", DEADLINE);
-    assert!(line.contains("failed") || line.contains("closed"), "{line}");
+    // The victim's last line (`PEER: HOW after ...`), not the healthy
+    // connection's nor the victim's "connected".
+    let end = loop {
+        let line = listener.wait_for_stderr(&format!("{victim_at}: "), DEADLINE);
+        if line.contains(" after ") {
+            break line;
+        }
+    };
+    assert!(end.contains(&format!("{victim_at}: failed")), "{end}");
+    eprintln!("reset: the listener logged {end:?}");
     assert_eq!(healthy.join().expect("healthy client"), Ok(()));
     // And the listener still serves new peers.
     assert_eq!(stream_client(port, 8, 1000), Ok(()));

@@ -103,14 +103,11 @@ fn status_shows_an_ongoing_transfer_with_growing_byte_counts() {
     sender.join().expect("sender");
     assert_eq!(reader.join().expect("reader"), TOTAL);
     eprintln!("status: bytes in seen growing {seen:?}");
-    let deadline = Instant::now() + DEADLINE;
-    while !status(&repo, false).contains("no connections open") {
-        assert!(
-            Instant::now() < deadline,
-            "the connection never left the status"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(DEADLINE, || status(&repo, false)
+            .contains("no connections open")),
+        "the connection never left the status"
+    );
 }
 
 #[test]
@@ -132,25 +129,22 @@ fn status_tidies_after_a_killed_listener_and_shows_log_errors() {
         .stderr(std::process::Stdio::null());
     with_config(&mut cmd, &[("p2p-annex.tcp.allow", "10.0.0.0/8")]);
     let listener = Proc::spawn(&mut cmd);
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("listening on")
-    {
-        assert!(Instant::now() < deadline, "listener did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let logged = |what: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    assert!(
+        wait_until(DEADLINE, || logged("listening on")),
+        "listener did not start"
+    );
     // A refused peer leaves an error line in the log.
     let mut refused = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let _ = refused.read_to_end(&mut Vec::new());
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("refused")
-    {
-        assert!(Instant::now() < deadline, "no refusal logged");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(DEADLINE, || logged("refused")),
+        "no refusal logged"
+    );
     let text = status(&repo, false);
     assert!(text.contains("tcp 127.0.0.1:"), "{text}");
     assert!(text.contains("last errors in"), "{text}");
@@ -162,14 +156,11 @@ fn status_tidies_after_a_killed_listener_and_shows_log_errors() {
     let dir = repo.join(".git/annex/p2p-annex");
     let leftover = dir.join(format!("tcp.{pid}.sock"));
     assert!(leftover.exists(), "the killed listener's status socket");
-    let deadline = Instant::now() + DEADLINE;
-    while !status(&repo, false).starts_with("no listener of ours is running") {
-        assert!(
-            Instant::now() < deadline,
-            "status still lists the killed listener"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(DEADLINE, || status(&repo, false)
+            .starts_with("no listener of ours is running")),
+        "status still lists the killed listener"
+    );
     assert!(!leftover.exists(), "stale status socket left behind");
 }
 
@@ -184,21 +175,15 @@ fn status_lists_remotedaemons_listeners() {
     let port = a.config_get_all("p2p-annex.tcp.port").remove(0);
     // remotedaemon has started both listeners; each answers once it is set up.
     let want = format!("tcp 127.0.0.1:{port} (pid ");
-    let deadline = Instant::now() + DEADLINE;
-    let shown = loop {
-        let shown = a
+    let mut shown = String::new();
+    let listed = wait_until(DEADLINE, || {
+        shown = a
             .cmd(&crate::support::bin().to_string_lossy(), &["status"])
             .ok()
             .stdout;
-        if shown.contains(&want) && shown.contains("unix-sockets ") {
-            break shown;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "listeners missing from:\n{shown}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+        shown.contains(&want) && shown.contains("unix-sockets ")
+    });
+    assert!(listed, "listeners missing from:\n{shown}");
     assert!(shown.contains("no connections open"), "{shown}");
     // Its log is where remotedaemon's /dev/null sends it, and clean.
     assert!(!shown.contains("last errors"), "{shown}");

@@ -2,9 +2,7 @@
 //! panics, and what parses prints back to itself, never bracketed.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/addr.rs"]
-mod addr;
+use p2p_annex::addr;
 
 use libfuzzer_sys::fuzz_target;
 

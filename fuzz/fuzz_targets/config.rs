@@ -3,18 +3,7 @@
 //! back to themselves.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/addr.rs"]
-mod addr;
-#[allow(dead_code)]
-#[path = "../../src/allow.rs"]
-mod allow;
-#[allow(dead_code)]
-#[path = "../../src/config.rs"]
-mod config;
-#[allow(dead_code)]
-#[path = "../../src/error.rs"]
-mod error;
+use p2p_annex::{allow, config};
 
 use libfuzzer_sys::fuzz_target;
 

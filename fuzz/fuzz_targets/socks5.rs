@@ -3,9 +3,7 @@
 //! asks for more than a reply can hold (so a reader never runs past it).
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/socks5.rs"]
-mod socks5;
+use p2p_annex::socks5;
 
 use libfuzzer_sys::fuzz_target;
 use socks5::Parse;

@@ -4,16 +4,15 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use super::report::Check;
 use crate::cli::{HELPER_PREFIX, valid_netname};
 use crate::config::{self, Config};
 use crate::error::{Error, describe};
 use crate::net::Transport;
 use crate::procs::{self, Proc};
-use crate::report::Check;
 
-use super::local::problem;
+use super::address::problem;
 
 /// This repository, as git, its files and /proc show it.
 pub struct Repo {
@@ -74,7 +73,7 @@ pub struct Net {
     pub name: String,
     pub helper: Helper,
     pub cfg: Config,
-    pub transport: Result<Transport, Error>,
+    pub transport: Result<&'static Transport, Error>,
 }
 
 /// What `git-annex-p2p-<net>` on PATH is.
@@ -115,7 +114,8 @@ impl Repo {
             )
         };
         let git_dir = config::git_dir().ok_or_else(not_here)?;
-        let top = git_output(&["rev-parse", "--show-toplevel"]).unwrap_or_else(|| git_dir.clone());
+        let top =
+            config::git_path(&["rev-parse", "--show-toplevel"]).unwrap_or_else(|| git_dir.clone());
         let top = std::fs::canonicalize(&top).unwrap_or(top);
         let records =
             config::read_regexp(r"^(annex\.uuid|remote\..*|p2p-annex\..*)$").map_err(|e| {
@@ -260,19 +260,6 @@ fn read_enabled(git_dir: &Path) -> Result<Vec<NetAddr>, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(format!("cannot read {}: {}", file.display(), describe(&e))),
     }
-}
-
-/// One line of `git ARGS` output, when git succeeds.
-fn git_output(args: &[&str]) -> Option<PathBuf> {
-    let out = Command::new("git")
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let line = text.trim_end_matches('\n');
-    (out.status.success() && !line.is_empty()).then(|| PathBuf::from(line))
 }
 
 pub fn search_path() -> Vec<PathBuf> {

@@ -5,17 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::addr::{self, HostPort};
+use super::report::Check;
 use crate::cli::HELPER_PREFIX;
 use crate::error::describe;
-use crate::net::Transport;
-use crate::report::Check;
+use crate::net::{TRANSPORTS, Transport};
 use crate::text::{printable, shell_quote as q};
 
+use super::address::{Problem, problem};
 use super::facts::{Helper, Net, NetAddr, Repo, find_on};
-
-/// The networks `make install` links.
-const BUILTIN: [&str; 3] = ["tcp", "socks", "unix-sockets"];
 
 pub fn git_annex(found: Option<&Path>) -> Check {
     const KIND: &str = "git-annex";
@@ -204,8 +201,14 @@ fn link_fix(netname: &str, exe: Option<&Path>) -> String {
     let exe = exe.map_or("p2p-annex".to_string(), |e| q(&e.display().to_string()));
     let link = q(&format!("DIR/{HELPER_PREFIX}{netname}"));
     let ln = format!("`ln -s {exe} {link}`, DIR a directory on PATH");
-    if BUILTIN.contains(&netname) {
-        format!("`make install` (it links tcp, socks and unix-sockets), or {ln}")
+    // `make install` links every built-in network.
+    if Transport::named(netname).is_some() {
+        let names: Vec<&str> = TRANSPORTS.iter().map(|t| t.name).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+        format!(
+            "`make install` (it links {} and {last}), or {ln}",
+            rest.join(", ")
+        )
     } else {
         ln
     }
@@ -300,57 +303,9 @@ pub fn bad_remotes(repo: &Repo) -> Vec<Check> {
         .collect()
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Problem {
-    /// `[::1]:5000`: git-annex does not take it for a P2P address
-    /// (DESIGN.md, measured).
-    Bracketed,
-    Malformed(String),
-}
-
-/// What is wrong with an address of a network of this transport, if
-/// anything.
-pub fn problem(transport: Transport, address: &str) -> Option<Problem> {
-    let decoded = match addr::decode_arg(address.as_bytes()) {
-        Ok(d) => d,
-        Err(e) => return Some(Problem::Malformed(e.to_string())),
-    };
-    match transport {
-        Transport::Tcp | Transport::Socks => {
-            // `[::1]:5000`, not any address with a bracket in it (an
-            // escape sequence has one).
-            if decoded.starts_with('[') && decoded.contains("]:") {
-                return Some(Problem::Bracketed);
-            }
-            HostPort::parse(&decoded)
-                .err()
-                .map(|e| Problem::Malformed(e.to_string()))
-        }
-        Transport::UnixSockets => addr::parse_token(&decoded)
-            .err()
-            .map(|e| Problem::Malformed(e.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn address_problems() {
-        use Transport::*;
-        assert_eq!(problem(Tcp, "10.0.0.1:5599"), None);
-        assert_eq!(problem(Tcp, "200:ab::1:5599"), None);
-        assert_eq!(problem(Tcp, "[::1]:5599"), Some(Problem::Bracketed));
-        assert_eq!(problem(Socks, "%5B::1%5D:5599"), Some(Problem::Bracketed));
-        assert!(matches!(problem(Tcp, "host"), Some(Problem::Malformed(_))));
-        assert_eq!(problem(Socks, "abc.pk.ygg:12345"), None);
-        assert_eq!(problem(UnixSockets, "0123abcd"), None);
-        assert!(matches!(
-            problem(UnixSockets, "../x"),
-            Some(Problem::Malformed(_))
-        ));
-    }
 
     #[test]
     fn links_are_fixed_with_make_install_or_ln() {

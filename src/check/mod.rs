@@ -10,26 +10,42 @@
 //! listeners), `supervisor` (`p2p-annex serve` and the git shim) and `peers` (each remote reachable, our token accepted). Only
 //! the socket and peer checks touch the network, each within seconds.
 
+mod address;
 mod facts;
 mod local;
+mod md5;
 mod peers;
+mod report;
 mod serve;
 mod supervisor;
 
 use std::io::{self, Write};
 
-use crate::report::{Check, Report};
+use crate::error::Error;
 use facts::{Repo, find_on, search_path};
+use report::{Check, Report};
 
-/// Run every check, print the report; the exit status: 0 when nothing
-/// failed, 1 otherwise (or when stdout is gone).
-pub fn run(json: bool) -> i32 {
+/// What the checks found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing failed (warnings aside).
+    Passed,
+    /// At least one check failed.
+    Failed,
+}
+
+/// Run every check and print the report as it goes.
+pub fn run(json: bool) -> Result<Verdict, Error> {
     let mut out = io::stdout().lock();
     let mut report = Report::new(json);
-    match run_checks(&mut report, &mut out).and_then(|()| report.finish(&mut out)) {
-        Ok(()) if !report.failed() => 0,
-        _ => 1,
-    }
+    run_checks(&mut report, &mut out)
+        .and_then(|()| report.finish(&mut out))
+        .map_err(Error::Stdout)?;
+    Ok(if report.failed() {
+        Verdict::Failed
+    } else {
+        Verdict::Passed
+    })
 }
 
 fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {

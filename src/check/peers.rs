@@ -5,16 +5,16 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use crate::addr::{self, HostPort};
+use super::report::Check;
+use crate::addr;
 use crate::auth::{self, Answer};
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::net::{Transport, socks, tcp, unix};
-use crate::report::Check;
+use crate::net::{LazyConfig, Transport};
 use crate::text::shell_quote as q;
 
+use super::address::{Problem, problem};
 use super::facts::{Net, Remote, Repo};
-use super::local::{Problem, problem};
 
 /// How long reaching a peer may take here, at most (a configured
 /// connect-timeout that is shorter wins): long enough for a slow overlay,
@@ -71,46 +71,22 @@ pub fn peer(repo: &Repo, net: &Net, remote: &Remote) -> Vec<Check> {
     checks
 }
 
-fn connect(transport: Transport, cfg: &Config, address: &str) -> Result<OwnedFd, Error> {
-    let address = addr::decode_arg(address.as_bytes())?;
-    match transport {
-        Transport::Tcp => {
-            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            let stream = tcp::connect(&HostPort::parse(&address)?, || {
-                Ok(timeout.min(REACH_TIMEOUT))
-            })?;
-            Ok(stream.into())
-        }
-        Transport::Socks => {
-            let mut settings = socks::Settings::from_config(cfg)?;
-            settings.cap_timeout(REACH_TIMEOUT);
-            socks::connect(&settings, &HostPort::parse(&address)?)
-        }
-        Transport::UnixSockets => {
-            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            unix::connect(cfg, &address, timeout.min(REACH_TIMEOUT))
-        }
-    }
+/// Reach the peer as connect mode does, within `REACH_TIMEOUT`.
+fn connect(transport: &Transport, cfg: &Config, address: &str) -> Result<OwnedFd, Error> {
+    let address = transport
+        .form
+        .parse(&addr::decode_arg(address.as_bytes())?)?;
+    (transport.connect)(
+        &LazyConfig::loaded(cfg.clone()),
+        &address,
+        Some(REACH_TIMEOUT),
+    )
 }
 
-fn reach_fix(transport: Transport, cfg: &Config) -> String {
+fn reach_fix(transport: &Transport, cfg: &Config) -> String {
     let peer = "check that the peer's `git annex remotedaemon` runs (run `p2p-annex check` in \
                 the peer's repository)";
-    match transport {
-        Transport::Tcp => {
-            format!("{peer}, and that this host can reach it (network up, no firewall in between)")
-        }
-        Transport::Socks => format!(
-            "check that the proxy ({}) runs and reaches the peer's network; {peer}",
-            cfg.get("proxy").unwrap_or(socks::DEFAULT_PROXY)
-        ),
-        Transport::UnixSockets => format!(
-            "{peer}, and that both repositories use the same {} (here {})",
-            cfg.name("dir"),
-            cfg.get("dir")
-                .map_or_else(|| unix::default_dir().display().to_string(), str::to_string)
-        ),
-    }
+    (transport.reach_fix)(cfg, peer)
 }
 
 /// The peer's git-annex accepts the token stored for this remote. The

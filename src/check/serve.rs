@@ -6,12 +6,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::md5;
+use super::report::Check;
 use crate::addr;
 use crate::error::describe;
-use crate::md5;
 use crate::net::unix;
 use crate::procs;
-use crate::report::Check;
 
 use super::facts::{Net, NetAddr, Repo};
 
@@ -235,10 +235,7 @@ pub fn listeners(repo: &Repo) -> Vec<Check> {
 fn log_file(repo: &Repo, net: &Net) -> PathBuf {
     match net.cfg.get("log") {
         Some(path) => repo.top.join(path),
-        None => repo
-            .git_dir
-            .join("annex")
-            .join(format!("p2p-annex.{}.log", net.name)),
+        None => crate::control::log_path(&repo.git_dir, &net.name),
     }
 }
 
@@ -307,7 +304,7 @@ pub fn strays(repo: &Repo) -> Vec<Check> {
             };
             let mut fix = format!("`kill {}`", p.pid);
             if enabled && !daemons.is_empty() {
-                // remotedaemon's listener waits for the port (listen.rs).
+                // remotedaemon's listener waits for the port (listen/bind.rs).
                 fix.push_str(": remotedaemon's listener binds the port within 10 seconds");
             }
             Check::fail(

@@ -4,9 +4,9 @@
 //! fetches through this repository may hang)? Told from serve's lock file
 //! and from remotedaemon's environment in /proc/PID/environ.
 
+use super::report::Check;
 use crate::error::describe;
 use crate::procs;
-use crate::report::Check;
 use crate::serve::{self, Probe};
 
 use super::facts::Repo;

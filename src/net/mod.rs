@@ -1,51 +1,192 @@
 //! The transports, and which one a netname uses.
+//!
+//! Every transport is one file here that defines a `TRANSPORT`: its name,
+//! the form of its addresses, and what each mode does (connect, address,
+//! listen) plus what `check` suggests when a peer cannot be reached. The
+//! address git-annex passes is decoded and parsed once, here, into the
+//! transport's form (`Address`); connect mode and `check` reach peers
+//! through the same `connect`.
+//!
+//! To add a transport (say `onion`):
+//! 1. write `net/onion.rs` with `pub const TRANSPORT: Transport`, whose
+//!    functions take the address in its parsed form (`Address::host_port`
+//!    or `Address::token`);
+//! 2. add `pub mod onion;` below and `&onion::TRANSPORT` to `TRANSPORTS`.
+//!
+//! Its name becomes a built-in netname and a value of
+//! `p2p-annex.<netname>.transport`; `check` and the error messages list
+//! it. Docs: README, man/p2p-annex.1 and a man page of its own, and
+//! `make install`'s links (Makefile).
 
 pub mod socks;
 pub mod tcp;
 pub mod unix;
 
+use std::cell::OnceCell;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::addr::{self, HostPort};
 use crate::cli::Mode;
 use crate::config::Config;
 use crate::error::Error;
-use crate::listen::{self, Endpoint, Listener};
+use crate::listen;
 use crate::log::Log;
 use crate::relay::{self, End};
 use crate::sys;
 
+/// Every transport, in the order messages list them.
+pub const TRANSPORTS: &[&Transport] = &[&tcp::TRANSPORT, &socks::TRANSPORT, &unix::TRANSPORT];
+
+/// What a transport does. Its functions get the address already parsed
+/// into the transport's `Form`.
+pub struct Transport {
+    /// The built-in netname, and the value of `p2p-annex.<netname>.transport`.
+    pub name: &'static str,
+    /// The form of its addresses.
+    pub form: Form,
+    /// Reach a peer. `cap` bounds the time it may take (`check`); None is
+    /// connect mode, which also sets the socket's user timeout.
+    pub connect: fn(&LazyConfig, &Address, Option<Duration>) -> Result<OwnedFd, Error>,
+    /// Address mode: the lines to print.
+    pub addresses: fn(&mut Config) -> Result<Vec<String>, Error>,
+    /// Listen mode: serve peers at the address, relaying each to `socket`,
+    /// until stopped (see `listen::serve`).
+    pub listen: Listen,
+    /// What `check` suggests when a peer cannot be reached; `peer` is the
+    /// advice about the peer itself.
+    pub reach_fix: fn(&Config, &str) -> String,
+}
+
+/// Listen mode of a transport: (its configuration, the address, the
+/// listener's options, git-annex's socket, the log).
+pub type Listen = fn(&Config, &Address, &listen::Options, &Path, &Arc<Log>) -> Result<(), Error>;
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The forms addresses take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Socks,
-    UnixSockets,
+pub enum Form {
+    /// `HOST:PORT`, IPv6 without brackets (git-annex cannot use them).
+    HostPort,
+    /// A token naming a socket file.
+    Token,
+}
+
+/// An address in its transport's form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    HostPort(HostPort),
+    Token(String),
+}
+
+impl Form {
+    /// Parse an address git-annex passes, percent-decoded already.
+    pub fn parse(self, address: &str) -> Result<Address, Error> {
+        Ok(match self {
+            Form::HostPort => Address::HostPort(HostPort::parse(address)?),
+            Form::Token => Address::Token(addr::parse_token(address)?.to_string()),
+        })
+    }
+}
+
+impl Address {
+    /// The address of a `Form::HostPort` transport.
+    pub fn host_port(&self) -> Result<&HostPort, Error> {
+        match self {
+            Address::HostPort(hp) => Ok(hp),
+            Address::Token(t) => Err(Error::Usage(format!("{t:?} is not a HOST:PORT address"))),
+        }
+    }
+
+    /// The address of a `Form::Token` transport.
+    pub fn token(&self) -> Result<&str, Error> {
+        match self {
+            Address::Token(t) => Ok(t),
+            Address::HostPort(hp) => Err(Error::Usage(format!("{hp} is not a token"))),
+        }
+    }
+}
+
+/// A netname's configuration, read when first needed: connect mode of the
+/// built-in tcp network reads it only if the connection does not come up
+/// at once (see `tcp::connect`).
+pub struct LazyConfig {
+    netname: String,
+    cfg: OnceCell<Config>,
+}
+
+impl LazyConfig {
+    pub fn new(netname: &str) -> LazyConfig {
+        LazyConfig {
+            netname: netname.to_string(),
+            cfg: OnceCell::new(),
+        }
+    }
+
+    /// One read already.
+    pub fn loaded(cfg: Config) -> LazyConfig {
+        LazyConfig {
+            netname: cfg.netname().to_string(),
+            cfg: OnceCell::from(cfg),
+        }
+    }
+
+    pub fn netname(&self) -> &str {
+        &self.netname
+    }
+
+    /// The configuration, read now if it was not yet.
+    pub fn get(&self) -> Result<&Config, Error> {
+        if let Some(cfg) = self.cfg.get() {
+            return Ok(cfg);
+        }
+        let cfg = Config::load(&self.netname)?;
+        Ok(self.cfg.get_or_init(|| cfg))
+    }
+
+    /// The configuration if it has been read.
+    pub fn if_loaded(&self) -> Option<&Config> {
+        self.cfg.get()
+    }
 }
 
 impl Transport {
     /// Built-in netnames name their transport; any other netname takes it
     /// from `p2p-annex.<netname>.transport`.
-    pub fn for_netname(cfg: &Config) -> Result<Transport, Error> {
+    pub fn for_netname(cfg: &Config) -> Result<&'static Transport, Error> {
         if let Some(builtin) = Transport::named(cfg.netname()) {
             return Ok(builtin);
         }
+        let names: Vec<&str> = TRANSPORTS.iter().map(|t| t.name).collect();
         match cfg.get("transport") {
             Some(name) => Transport::named(name.trim())
-                .ok_or_else(|| cfg.bad_value("transport", name, "tcp, socks or unix-sockets")),
+                .ok_or_else(|| cfg.bad_value("transport", name, &one_of(&names))),
             None => Err(Error::Usage(format!(
                 "unknown netname {:?}: set its transport with `git config {} socks` \
-                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.* \
+                 ({}), and its settings under p2p-annex.{}.* \
                  (netnames here: {})",
                 cfg.netname(),
                 cfg.name("transport"),
+                names
+                    .iter()
+                    .filter(|&&n| n != "socks")
+                    .map(|n| format!("or {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 cfg.netname(),
-                ["tcp", "socks", "unix-sockets"]
-                    .into_iter()
+                names
+                    .iter()
+                    .copied()
                     .chain(cfg.defined_netnames().iter().map(String::as_str))
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -53,108 +194,50 @@ impl Transport {
         }
     }
 
-    fn named(name: &str) -> Option<Transport> {
-        match name {
-            "tcp" => Some(Transport::Tcp),
-            "socks" => Some(Transport::Socks),
-            "unix-sockets" => Some(Transport::UnixSockets),
-            _ => None,
-        }
+    /// The transport of this name, if there is one.
+    pub fn named(name: &str) -> Option<&'static Transport> {
+        TRANSPORTS.iter().copied().find(|t| t.name == name)
+    }
+}
+
+/// `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
 /// Run one mode of one netname.
 pub fn run(netname: &str, mode: Mode) -> Result<(), Error> {
-    // The built-in tcp network's connect mode reads configuration only if
-    // the connection does not come up at once (see tcp::connect).
-    if let (Mode::Connect(address), "tcp") = (&mode, netname) {
-        let target = HostPort::parse(&decode(address)?)?;
-        let mut loaded = None;
-        let timeout = || {
-            let cfg = Config::load(netname)?;
-            let t = tcp::connect_timeout(&cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            loaded = Some(cfg);
-            Ok(t)
-        };
-        let sock = tcp::connect(&target, timeout)?;
-        match loaded {
-            Some(cfg) => apply_user_timeout(&sock, &cfg)?,
-            None => user_timeout_later(&sock, netname),
-        }
-        return relay_stdio(End::Socket(sock.into()));
-    }
-    let mut cfg = Config::load(netname)?;
-    let transport = Transport::for_netname(&cfg)?;
+    let cfg = LazyConfig::new(netname);
     match mode {
-        Mode::Connect(address) => connect(transport, &cfg, &address),
-        Mode::Address => print_addresses(transport, &mut cfg),
-        Mode::Listen(address, socket) => serve(transport, &cfg, &address, &socket),
+        Mode::Connect(address) => {
+            // A built-in netname needs no configuration to know its
+            // transport, nor (tcp) to connect.
+            let transport = match Transport::named(netname) {
+                Some(t) => t,
+                None => Transport::for_netname(cfg.get()?)?,
+            };
+            let address = transport.form.parse(&decode(&address)?)?;
+            let peer = (transport.connect)(&cfg, &address, None)?;
+            relay_stdio(End::Socket(peer))
+        }
+        Mode::Address => {
+            let mut cfg = Config::load(netname)?;
+            let transport = Transport::for_netname(&cfg)?;
+            print_addresses((transport.addresses)(&mut cfg)?)
+        }
+        Mode::Listen(address, socket) => {
+            let cfg = cfg.get()?;
+            serve(Transport::for_netname(cfg)?, cfg, &address, &socket)
+        }
     }
 }
 
 fn decode(address: &OsStr) -> Result<String, Error> {
     Ok(addr::decode_arg(address.as_bytes())?)
-}
-
-fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Error> {
-    let address = decode(address)?;
-    let peer = match transport {
-        Transport::Tcp => {
-            let target = HostPort::parse(&address)?;
-            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            let sock = tcp::connect(&target, || Ok(timeout))?;
-            apply_user_timeout(&sock, cfg)?;
-            End::Socket(sock.into())
-        }
-        Transport::Socks => {
-            let target = HostPort::parse(&address)?;
-            let settings = socks::Settings::from_config(cfg)?;
-            let sock = socks::connect(&settings, &target)?;
-            // Only a TCP proxy has a user timeout; a unix socket refuses it.
-            let _ = sys::set_user_timeout(&sock, tcp::user_timeout(cfg)?);
-            End::Socket(sock)
-        }
-        Transport::UnixSockets => {
-            // A listener whose backlog is full must not hang us.
-            let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
-            End::Socket(unix::connect(cfg, &address, timeout)?)
-        }
-    };
-    relay_stdio(peer)
-}
-
-fn apply_user_timeout(sock: &impl AsFd, cfg: &Config) -> Result<(), Error> {
-    sys::set_user_timeout(sock, tcp::user_timeout(cfg)?)
-        .map_err(|e| Error::io("cannot set the user timeout", e))
-}
-
-/// How long a fast-path connection runs before connect mode reads its
-/// configured `user-timeout` (see `user_timeout_later`).
-const USER_TIMEOUT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The fast path connected before reading configuration, with the default
-/// user timeout (two minutes) already on the socket. A configured
-/// `user-timeout` still applies: a thread reads configuration once the
-/// connection has run for a second and sets it on the live socket. That
-/// keeps `git config` off the critical path of start-up (BENCHMARKS.md), and
-/// a connection that is over within the second (most are) never runs git
-/// at all; a dead peer is still given up within the configured bound plus
-/// that second, and the default bound holds before. A bad value is
-/// reported and the default kept: the relay is already under way.
-fn user_timeout_later(sock: &std::net::TcpStream, netname: &str) {
-    let Ok(sock) = sock.try_clone() else { return };
-    let netname = netname.to_string();
-    let _ = std::thread::Builder::new()
-        .name("config".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            // The process exits when the relay ends, this thread with it.
-            std::thread::sleep(USER_TIMEOUT_AFTER);
-            let applied = Config::load(&netname).and_then(|cfg| apply_user_timeout(&sock, &cfg));
-            if let Err(e) = applied {
-                eprintln!("p2p-annex: {netname}: {e}");
-            }
-        });
 }
 
 /// Connect mode's relay: our stdin and stdout to the peer.
@@ -166,12 +249,7 @@ fn relay_stdio(peer: End) -> Result<(), Error> {
     }
 }
 
-fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> {
-    let lines = match transport {
-        Transport::Tcp => tcp::addresses(cfg)?,
-        Transport::Socks => socks::addresses(cfg)?,
-        Transport::UnixSockets => vec![unix::new_token()],
-    };
+fn print_addresses(lines: Vec<String>) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     for line in lines {
         writeln!(out, "{line}").map_err(|e| Error::io("cannot write the addresses", e))?;
@@ -180,7 +258,7 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
         .map_err(|e| Error::io("cannot write the addresses", e))
 }
 
-fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
+fn serve(transport: &Transport, cfg: &Config, address: &OsStr, socket: &Path) -> Result<(), Error> {
     // Asked once: the default log and the status socket live under it.
     let git_dir = crate::config::git_dir();
     let log = Arc::new(listener_log(cfg, git_dir.as_deref()));
@@ -198,7 +276,7 @@ fn serve(transport: Transport, cfg: &Config, address: &OsStr, socket: &Path) -> 
 }
 
 fn listen_on(
-    transport: Transport,
+    transport: &Transport,
     cfg: &Config,
     address: &OsStr,
     socket: &Path,
@@ -206,43 +284,18 @@ fn listen_on(
     log: &Arc<Log>,
 ) -> Result<(), Error> {
     let address = decode(address)?;
-    let mut opts = listen::Options::from_config(cfg)?;
-    opts.label = format!("{}\t{address}", cfg.netname());
-    opts.control = git_dir.map(|dir| crate::status::control_path(dir, cfg.netname()));
-    let endpoints = match transport {
-        Transport::Tcp => tcp::endpoints(cfg, &HostPort::parse(&address)?)?,
-        Transport::Socks => socks::endpoints(cfg, &HostPort::parse(&address)?)?,
-        Transport::UnixSockets => {
-            if !opts.allow.is_empty() {
-                return Err(cfg.bad_value(
-                    "allow",
-                    &cfg.get_all("allow").join(" "),
-                    "nothing: unix-sockets peers have no network address",
-                ));
-            }
-            let path = unix::path(cfg, &address)?;
-            let listener = unix::listener(&path)?;
-            let bound = unix::Bound::new(&path);
-            let result = listen::serve(
-                vec![Endpoint::Ready(Listener::Unix(listener))],
-                socket,
-                &opts,
-                Arc::clone(log),
-            );
-            bound.remove();
-            return result;
-        }
-    };
-    let endpoints = endpoints
-        .into_iter()
-        .map(|at| Endpoint::Later {
-            shown: tcp::show(&at),
-            bind: Box::new(move || {
-                tcp::bind_all(&at).map(|ls| ls.into_iter().map(Listener::Tcp).collect())
-            }),
-        })
-        .collect();
-    listen::serve(endpoints, socket, &opts, Arc::clone(log))
+    let control: Option<PathBuf> =
+        git_dir.map(|dir| crate::control::socket_path(dir, cfg.netname()));
+    let opts = listen::Options::from_config(cfg, &address, control)?;
+    let address = transport.form.parse(&address)?;
+    (transport.listen)(cfg, &address, &opts, socket, log)
+}
+
+/// Connect mode sets the user timeout of a TCP connection from
+/// configuration; an error is a bad value.
+pub(crate) fn apply_user_timeout(sock: &impl std::os::fd::AsFd, cfg: &Config) -> Result<(), Error> {
+    sys::set_user_timeout(sock, tcp::user_timeout(cfg)?)
+        .map_err(|e| Error::io("cannot set the user timeout", e))
 }
 
 /// Listen mode's log: stderr, unless stderr goes nowhere (remotedaemon
@@ -256,7 +309,7 @@ fn listener_log(cfg: &Config, git_dir: Option<&Path>) -> Log {
         // Under `p2p-annex serve` stderr is serve's pipe: the listener
         // keeps its own file, which `check` and `status` read.
         None if sys::stderr_goes_nowhere() || std::env::var_os(crate::serve::ENV_VAR).is_some() => {
-            git_dir.map(|dir| dir.join("annex").join(format!("p2p-annex.{netname}.log")))
+            git_dir.map(|dir| crate::control::log_path(dir, netname))
         }
         None => None,
     };

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
+use super::{Address, Form, LazyConfig, Transport};
 use crate::addr::{Host, HostPort};
 use crate::config::Config;
 use crate::error::{Error, describe};
@@ -266,23 +267,7 @@ impl Handshake<'_> {
     /// Wait until the socket is ready for `events`, or the deadline passes
     /// (false). poll(2), not a helper thread: the design card's rule.
     fn ready(&self, events: PollFlags) -> Result<bool, Errno> {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(false);
-            }
-            // Rounded up, so the last poll does not spin with 0 ms.
-            let ms = left.as_millis().saturating_add(1);
-            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.fd, events)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => continue, // recheck the clock
-                // POLLHUP/POLLERR count as ready: the read or write says what.
-                Ok(_) => return Ok(true),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        crate::sys::ready_by(self.fd, events, self.deadline)
     }
 
     fn budget(&self) -> String {
@@ -328,7 +313,8 @@ pub fn addresses(cfg: &Config) -> Result<Vec<String>, Error> {
                 "HOST:PORT, e.g. <publickey>.pk.ygg:12345 or <x>.onion:80",
             )
         })?;
-        // Never bracketed (DESIGN.md: git-annex cannot use bracketed IPv6).
+        // Never bracketed: git-annex cannot use bracketed IPv6
+        // (doc/git-annex-contract.md, "Bracketed IPv6").
         let line = hp.to_string();
         if !lines.contains(&line) {
             lines.push(line);
@@ -345,6 +331,42 @@ pub fn endpoints(cfg: &Config, target: &HostPort) -> Result<Vec<HostPort>, Error
         values.push(DEFAULT_LISTEN);
     }
     tcp::parse_binds(cfg, "listen", &values, target.port)
+}
+
+/// The `socks` transport (see `net`).
+pub const TRANSPORT: Transport = Transport {
+    name: "socks",
+    form: Form::HostPort,
+    connect: connect_peer,
+    addresses: |cfg| addresses(cfg),
+    listen: |cfg, address, opts, socket, log| {
+        tcp::serve_endpoints(endpoints(cfg, address.host_port()?)?, opts, socket, log)
+    },
+    reach_fix: |cfg, peer| {
+        format!(
+            "check that the proxy ({}) runs and reaches the peer's network; {peer}",
+            cfg.get("proxy").unwrap_or(DEFAULT_PROXY)
+        )
+    },
+};
+
+/// Reach a peer through the proxy, within `cap` if given.
+fn connect_peer(
+    cfg: &LazyConfig,
+    address: &Address,
+    cap: Option<Duration>,
+) -> Result<OwnedFd, Error> {
+    let cfg = cfg.get()?;
+    let mut settings = Settings::from_config(cfg)?;
+    if let Some(cap) = cap {
+        settings.cap_timeout(cap);
+    }
+    let sock = connect(&settings, address.host_port()?)?;
+    if cap.is_none() {
+        // Only a TCP proxy has a user timeout; a unix socket refuses it.
+        let _ = crate::sys::set_user_timeout(&sock, tcp::user_timeout(cfg)?);
+    }
+    Ok(sock)
 }
 
 #[cfg(test)]

@@ -13,9 +13,14 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
 use nix::sys::time::{TimeVal, TimeValLike};
 
+use std::sync::Arc;
+
+use super::{Address, Form, Transport, tcp};
 use crate::addr::parse_token;
 use crate::config::Config;
 use crate::error::Error;
+use crate::listen::{self, Endpoint, Listener};
+use crate::log::Log;
 use crate::sys;
 use crate::trust;
 
@@ -250,4 +255,58 @@ impl Bound {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// The `unix-sockets` transport (see `net`).
+pub const TRANSPORT: Transport = Transport {
+    name: "unix-sockets",
+    form: Form::Token,
+    connect: |cfg, address, cap| {
+        let cfg = cfg.get()?;
+        // A listener whose backlog is full must not hang us.
+        let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
+        connect(
+            cfg,
+            address.token()?,
+            cap.map_or(timeout, |c| timeout.min(c)),
+        )
+    },
+    addresses: |_| Ok(vec![new_token()]),
+    listen: listen_on,
+    reach_fix: |cfg, peer| {
+        format!(
+            "{peer}, and that both repositories use the same {} (here {})",
+            cfg.name("dir"),
+            cfg.get("dir")
+                .map_or_else(|| default_dir().display().to_string(), str::to_string)
+        )
+    },
+};
+
+/// Listen mode: serve the token's socket file, and remove it at the end.
+fn listen_on(
+    cfg: &Config,
+    address: &Address,
+    opts: &listen::Options,
+    socket: &Path,
+    log: &Arc<Log>,
+) -> Result<(), Error> {
+    if !opts.allow.is_empty() {
+        return Err(cfg.bad_value(
+            "allow",
+            &cfg.get_all("allow").join(" "),
+            "nothing: unix-sockets peers have no network address",
+        ));
+    }
+    let path = path(cfg, address.token()?)?;
+    let listener = listener(&path)?;
+    let bound = Bound::new(&path);
+    let result = listen::serve(
+        vec![Endpoint::Ready(Listener::Unix(listener))],
+        socket,
+        opts,
+        Arc::clone(log),
+    );
+    bound.remove();
+    result
 }

@@ -9,6 +9,7 @@
 //! journal) and in `.git/annex/p2p-annex.serve.log`.
 
 mod lock;
+mod output;
 mod shim;
 mod supervise;
 mod user;

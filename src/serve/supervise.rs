@@ -10,7 +10,6 @@
 //! them. SIGCHLD wakes the loop; between events it sleeps in poll(2).
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -24,6 +23,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::lock::{Lock, Record};
+use super::output::forward_output;
 use super::{Repo, ServeLog};
 use crate::error::{Error, describe};
 use crate::procs;
@@ -43,10 +43,6 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Exits logged one by one before only every `LOG_EVERY`th is.
 const LOG_FIRST: u32 = 5;
 const LOG_EVERY: u32 = 10;
-/// remotedaemon's own output: at most this many lines a minute are logged.
-const OUTPUT_LINES_PER_MINUTE: u32 = 30;
-/// Longest line of remotedaemon's output that is logged whole.
-const OUTPUT_LINE_MAX: usize = 400;
 
 pub struct Supervisor {
     log: Arc<ServeLog>,
@@ -412,58 +408,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Log remotedaemon's output line by line (`remotedaemon: …`), at most
-/// `OUTPUT_LINES_PER_MINUTE` a minute, so a daemon that fails in a loop
-/// cannot flood the journal.
-fn forward_output(read: OwnedFd, log: Arc<ServeLog>) {
-    let spawned = std::thread::Builder::new()
-        .name("remotedaemon-output".into())
-        .spawn(move || {
-            let mut pipe = std::fs::File::from(read);
-            let mut pending: Vec<u8> = Vec::new();
-            let mut buf = [0u8; 4096];
-            let mut window = Instant::now();
-            let (mut logged, mut dropped) = (0u32, 0u32);
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                pending.extend_from_slice(&buf[..n]);
-                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
-                    if window.elapsed() >= Duration::from_secs(60) {
-                        if dropped > 0 {
-                            log.line(format_args!(
-                                "({dropped} more lines of remotedaemon output not logged)"
-                            ));
-                        }
-                        (window, logged, dropped) = (Instant::now(), 0, 0);
-                    }
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end();
-                    if text.is_empty() {
-                        continue;
-                    }
-                    if logged < OUTPUT_LINES_PER_MINUTE {
-                        logged += 1;
-                        let short: String = text.chars().take(OUTPUT_LINE_MAX).collect();
-                        log.line(format_args!("remotedaemon: {short}"));
-                    } else {
-                        dropped += 1;
-                    }
-                }
-                // A line without an end is cut, not buffered forever.
-                if pending.len() > OUTPUT_LINE_MAX * 4 {
-                    pending.push(b'\n');
-                }
-            }
-        });
-    if spawned.is_err() {
-        // Without the thread nobody reads: remotedaemon would block on a
-        // full pipe. Nothing to do but say so; the pipe is dropped with
-        // the closure, and writes then fail with EPIPE.
-        eprintln!("p2p-annex: serve: cannot start a thread to log remotedaemon's output");
-    }
 }

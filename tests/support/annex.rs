@@ -26,7 +26,7 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::TempDir;
+use super::{TempDir, find_on_path};
 
 /// Deadline of an ordinary git or git-annex command.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -88,13 +88,6 @@ fn locate_git_annex() -> GitAnnex {
         }
     }
     bootstrap_git_annex()
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 /// Checks that `exe` runs and knows generic P2P transports

@@ -250,18 +250,54 @@ pub fn free_port() -> u16 {
         .expect("find a free port")
 }
 
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed, so
-/// a test that fails can be rerun with the same data.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+/// The one pseudo-random generator of the tests: an endless deterministic
+/// byte stream (xorshift64*), generated in place so that gigabytes can be
+/// sent and checked without holding them.
+pub struct Stream {
+    x: u64,
+    pending: [u8; 8],
+    used: usize,
+}
+
+impl Stream {
+    pub fn new(seed: u64) -> Stream {
+        Stream {
+            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            pending: [0; 8],
+            used: 8,
+        }
     }
-    out.truncate(len);
+
+    fn next_byte(&mut self) -> u8 {
+        if self.used == 8 {
+            self.x ^= self.x >> 12;
+            self.x ^= self.x << 25;
+            self.x ^= self.x >> 27;
+            self.pending = self.x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            self.used = 0;
+        }
+        self.used += 1;
+        self.pending[self.used - 1]
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next_byte();
+        }
+    }
+
+    /// Does `got` continue this stream?
+    pub fn matches(&mut self, got: &[u8]) -> bool {
+        got.iter().all(|&b| self.next_byte() == b)
+    }
+}
+
+/// Deterministic pseudo-random bytes, different per seed (the start of
+/// `Stream::new(seed)`), so a test that fails can be rerun with the same
+/// data.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    Stream::new(seed).fill(&mut out);
     out
 }
 
@@ -279,6 +315,14 @@ pub fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
         want.len(),
         first.unwrap_or(got.len().min(want.len()))
     );
+}
+
+/// The first regular file called `name` in a directory of PATH.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Poll `cond` until it holds or `within` has passed; says which.

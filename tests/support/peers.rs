@@ -6,6 +6,8 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::thread;
 
+pub use super::Stream;
+
 /// A unix socket server that answers each connection with the reverse of
 /// everything it read, after the client's EOF: a reply that proves every
 /// byte arrived, in order, before the EOF.
@@ -41,47 +43,6 @@ pub fn exchange(mut stream: TcpStream, data: &[u8]) -> Vec<u8> {
 
 pub fn reversed(data: &[u8]) -> Vec<u8> {
     data.iter().rev().copied().collect()
-}
-
-/// An endless deterministic byte stream (xorshift64*), generated in place
-/// so that gigabytes can be sent and checked without holding them.
-pub struct Stream {
-    x: u64,
-    pending: [u8; 8],
-    used: usize,
-}
-
-impl Stream {
-    pub fn new(seed: u64) -> Stream {
-        Stream {
-            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-            pending: [0; 8],
-            used: 8,
-        }
-    }
-
-    fn next_byte(&mut self) -> u8 {
-        if self.used == 8 {
-            self.x ^= self.x >> 12;
-            self.x ^= self.x << 25;
-            self.x ^= self.x >> 27;
-            self.pending = self.x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
-            self.used = 0;
-        }
-        self.used += 1;
-        self.pending[self.used - 1]
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next_byte();
-        }
-    }
-
-    /// Does `got` continue this stream?
-    pub fn matches(&mut self, got: &[u8]) -> bool {
-        got.iter().all(|&b| self.next_byte() == b)
-    }
 }
 
 /// Send `len` bytes of `Stream::new(seed)` and shut the write side.
