@@ -122,6 +122,50 @@ fn a_socket_that_refuses_closes_the_peer_and_the_listener_keeps_running() {
     );
 }
 
+/// git-annex's normal end of a CONNECT session (doc/git-annex-contract.md):
+/// it writes CONNECTDONE and closes its socket without reading the
+/// client's answer, so our next read of that socket fails with
+/// ECONNRESET. Every byte it wrote reaches the peer, and the log calls it
+/// a normal end, not a failure.
+#[test]
+fn git_annex_closing_with_the_answer_unread_is_a_normal_end() {
+    let home = TempDir::new("annex-reset");
+    let socket = home.path().join("annex.sock");
+    let server = UnixListener::bind(&socket).expect("bind the git-annex stand-in");
+    let port = free_port();
+    let mut listener = Proc::spawn_logged(
+        p2p(home.path())
+            .args(["tcp", &format!("127.0.0.1:{port}")])
+            .arg(&socket)
+            .stdin(Stdio::null()),
+    );
+    listener.wait_for_stderr("listening on", DEADLINE);
+    let mut peer = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let (mut annex, _) = server.accept().expect("the relayed connection");
+    annex.write_all(b"CONNECTDONE 0\n").expect("write");
+    let mut got = [0u8; 14];
+    peer.read_exact(&mut got)
+        .expect("CONNECTDONE reaches the peer");
+    assert_eq!(&got, b"CONNECTDONE 0\n");
+    peer.write_all(b"CONNECTDONE 0\n").expect("answer");
+    // Close only once the answer waits unread in the socket: that makes
+    // the reset.
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&annex),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).expect("poll");
+    assert_eq!(ready, 1, "the answer did not arrive");
+    drop(annex);
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).expect("the peer sees the end");
+    assert!(rest.is_empty(), "{rest:?}");
+    let line = listener.wait_for_stderr(" after ", DEADLINE);
+    assert!(line.contains(": closed by git-annex after"), "{line}");
+    assert!(line.contains("bytes in, 14 bytes out"), "{line}");
+}
+
 /// A port another process holds: the listener does not exit (remotedaemon
 /// would never restart it), says so once, keeps watching its socket file,
 /// and serves once the port is free, without a restart.

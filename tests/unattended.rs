@@ -290,13 +290,18 @@ fn git_annex_gets_again_once_a_blackholed_path_is_back() {
         crate::support::annex::Proc::read(listener).is_some_and(|p| p.alive()),
         "the listener did not keep serving"
     );
-    // git-annex ends a fetch by closing with the client's last message
-    // unread (a reset): a normal end, logged as such, not among the errors
-    // `p2p-annex status` shows.
+    // git-annex often ends a fetch by closing with the client's last
+    // message unread (a reset; whether it does is a matter of timing,
+    // tests/listen.rs pins it down): a normal end, logged as such, never a
+    // failure, and not among the errors `p2p-annex status` shows.
     let log = std::fs::read_to_string(a.path().join(".git/annex/p2p-annex.tcp.log"))
         .expect("the listener's log");
-    assert!(log.contains(": closed by git-annex after"), "{log}");
+    assert!(
+        log.contains(": closed by git-annex after") || log.contains(": closed after"),
+        "{log}"
+    );
     assert!(!log.contains("reset by peer"), "{log}");
+    assert!(!log.contains(": failed"), "{log}");
     let bin = bin();
     let status = a.cmd(bin.to_str().expect("UTF-8 path"), &["status"]).ok();
     assert!(!status.stdout.contains("closed"), "{}", status.stdout);
