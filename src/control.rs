@@ -224,12 +224,17 @@ impl Drop for Server {
     }
 }
 
+/// A listener's answer with one connection, for the tests of the format
+/// and of what `status` makes of it.
+#[cfg(test)]
+pub(crate) const SAMPLE_SNAPSHOT: &str = "listener\t4711\ttcp\t10.0.0.1:5599\t1000\t100\t10.0.0.1:5599\t.git/annex/p2p/abc\n\
+                                         conn\t10.0.0.2:40000\t1900\t12582912\t2048\n";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SNAPSHOT: &str = "listener\t4711\ttcp\t10.0.0.1:5599\t1000\t100\t10.0.0.1:5599\t.git/annex/p2p/abc\n\
-                            conn\t10.0.0.2:40000\t1900\t12582912\t2048\n";
+    const SNAPSHOT: &str = SAMPLE_SNAPSHOT;
 
     #[test]
     fn snapshots_parse() {

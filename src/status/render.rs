@@ -224,8 +224,7 @@ fn size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    const SNAPSHOT: &str = "listener\t4711\ttcp\t10.0.0.1:5599\t1000\t100\t10.0.0.1:5599\t.git/annex/p2p/abc\n\
-                            conn\t10.0.0.2:40000\t1900\t12582912\t2048\n";
+    const SNAPSHOT: &str = crate::control::SAMPLE_SNAPSHOT;
 
     #[test]
     fn text_shows_each_connection() {
