@@ -18,13 +18,11 @@ mod procs;
 mod relay;
 mod report;
 mod serve;
-#[allow(dead_code)] // used by net::onion (next commit)
 mod sha256;
 mod socks5;
 mod status;
 mod sys;
 mod text;
-#[allow(dead_code)] // used by net::onion (next commit)
 mod torcontrol;
 mod trust;
 

@@ -15,7 +15,7 @@ use crate::text::{printable, shell_quote as q};
 use super::facts::{Helper, Net, NetAddr, Repo, find_on};
 
 /// The networks `make install` links.
-const BUILTIN: [&str; 3] = ["tcp", "socks", "unix-sockets"];
+const BUILTIN: [&str; 4] = ["tcp", "socks", "unix-sockets", "onion"];
 
 pub fn git_annex(found: Option<&Path>) -> Check {
     const KIND: &str = "git-annex";
@@ -316,7 +316,7 @@ pub fn problem(transport: Transport, address: &str) -> Option<Problem> {
         Err(e) => return Some(Problem::Malformed(e.to_string())),
     };
     match transport {
-        Transport::Tcp | Transport::Socks => {
+        Transport::Tcp | Transport::Socks | Transport::Onion => {
             // `[::1]:5000`, not any address with a bracket in it (an
             // escape sequence has one).
             if decoded.starts_with('[') && decoded.contains("]:") {

@@ -9,7 +9,7 @@ use crate::addr::{self, HostPort};
 use crate::auth::{self, Answer};
 use crate::config::Config;
 use crate::error::{Error, describe};
-use crate::net::{Transport, socks, tcp, unix};
+use crate::net::{Transport, onion, socks, tcp, unix};
 use crate::report::Check;
 use crate::text::shell_quote as q;
 
@@ -86,6 +86,7 @@ fn connect(transport: Transport, cfg: &Config, address: &str) -> Result<OwnedFd,
             settings.cap_timeout(REACH_TIMEOUT);
             socks::connect(&settings, &HostPort::parse(&address)?)
         }
+        Transport::Onion => onion::connect(cfg, &HostPort::parse(&address)?, Some(REACH_TIMEOUT)),
         Transport::UnixSockets => {
             let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
             unix::connect(cfg, &address, timeout.min(REACH_TIMEOUT))
@@ -103,6 +104,11 @@ fn reach_fix(transport: Transport, cfg: &Config) -> String {
         Transport::Socks => format!(
             "check that the proxy ({}) runs and reaches the peer's network; {peer}",
             cfg.get("proxy").unwrap_or(socks::DEFAULT_PROXY)
+        ),
+        Transport::Onion => format!(
+            "check that tor runs and its SOCKS port ({}) answers; a new onion service takes \
+             a minute or two to be reachable; {peer}",
+            cfg.get("proxy").unwrap_or(onion::DEFAULT_PROXY)
         ),
         Transport::UnixSockets => format!(
             "{peer}, and that both repositories use the same {} (here {})",

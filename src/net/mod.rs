@@ -1,5 +1,6 @@
 //! The transports, and which one a netname uses.
 
+pub mod onion;
 pub mod socks;
 pub mod tcp;
 pub mod unix;
@@ -25,6 +26,7 @@ pub enum Transport {
     Tcp,
     Socks,
     UnixSockets,
+    Onion,
 }
 
 impl Transport {
@@ -35,16 +37,17 @@ impl Transport {
             return Ok(builtin);
         }
         match cfg.get("transport") {
-            Some(name) => Transport::named(name.trim())
-                .ok_or_else(|| cfg.bad_value("transport", name, "tcp, socks or unix-sockets")),
+            Some(name) => Transport::named(name.trim()).ok_or_else(|| {
+                cfg.bad_value("transport", name, "tcp, socks, unix-sockets or onion")
+            }),
             None => Err(Error::Usage(format!(
                 "unknown netname {:?}: set its transport with `git config {} socks` \
-                 (or tcp, or unix-sockets), and its settings under p2p-annex.{}.* \
+                 (or tcp, unix-sockets, onion), and its settings under p2p-annex.{}.* \
                  (netnames here: {})",
                 cfg.netname(),
                 cfg.name("transport"),
                 cfg.netname(),
-                ["tcp", "socks", "unix-sockets"]
+                ["tcp", "socks", "unix-sockets", "onion"]
                     .into_iter()
                     .chain(cfg.defined_netnames().iter().map(String::as_str))
                     .collect::<Vec<_>>()
@@ -58,6 +61,7 @@ impl Transport {
             "tcp" => Some(Transport::Tcp),
             "socks" => Some(Transport::Socks),
             "unix-sockets" => Some(Transport::UnixSockets),
+            "onion" => Some(Transport::Onion),
             _ => None,
         }
     }
@@ -119,6 +123,11 @@ fn connect(transport: Transport, cfg: &Config, address: &OsStr) -> Result<(), Er
             let timeout = tcp::connect_timeout(cfg, tcp::DEFAULT_CONNECT_TIMEOUT)?;
             End::Socket(unix::connect(cfg, &address, timeout)?)
         }
+        Transport::Onion => {
+            let sock = onion::connect(cfg, &HostPort::parse(&address)?, None)?;
+            let _ = sys::set_user_timeout(&sock, tcp::user_timeout(cfg)?);
+            End::Socket(sock)
+        }
     };
     relay_stdio(peer)
 }
@@ -171,6 +180,7 @@ fn print_addresses(transport: Transport, cfg: &mut Config) -> Result<(), Error> 
         Transport::Tcp => tcp::addresses(cfg)?,
         Transport::Socks => socks::addresses(cfg)?,
         Transport::UnixSockets => vec![unix::new_token()],
+        Transport::Onion => onion::addresses(cfg)?,
     };
     let mut out = std::io::stdout().lock();
     for line in lines {
@@ -212,6 +222,17 @@ fn listen_on(
     let endpoints = match transport {
         Transport::Tcp => tcp::endpoints(cfg, &HostPort::parse(&address)?)?,
         Transport::Socks => socks::endpoints(cfg, &HostPort::parse(&address)?)?,
+        Transport::Onion => {
+            // Every peer arrives from tor, on loopback: an allow-list
+            // would judge tor, not the peer.
+            let listener = onion::listener(cfg, &HostPort::parse(&address)?, log)?;
+            return listen::serve(
+                vec![Endpoint::Ready(Listener::Tcp(listener))],
+                socket,
+                &opts,
+                Arc::clone(log),
+            );
+        }
         Transport::UnixSockets => {
             if !opts.allow.is_empty() {
                 return Err(cfg.bad_value(
