@@ -7,6 +7,7 @@ pub mod annex;
 pub mod danted;
 pub mod netns;
 pub mod peers;
+pub mod tor;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
