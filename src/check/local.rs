@@ -188,7 +188,7 @@ pub fn helper_links(repo: &Repo) -> Vec<Check> {
                     "transport",
                     what,
                     format!(
-                        "`git config --global {} tcp` (or socks, or unix-sockets), on every \
+                        "`git config --global {} tcp` (or socks, or unix-sockets, or onion), on every \
                          host of network {}",
                         q(&net.cfg.name("transport")),
                         net.name

@@ -42,7 +42,7 @@ impl Transport {
             }),
             None => Err(Error::Usage(format!(
                 "unknown netname {:?}: set its transport with `git config {} socks` \
-                 (or tcp, unix-sockets, onion), and its settings under p2p-annex.{}.* \
+                 (or tcp, or unix-sockets, or onion), and its settings under p2p-annex.{}.* \
                  (netnames here: {})",
                 cfg.netname(),
                 cfg.name("transport"),
@@ -225,6 +225,13 @@ fn listen_on(
         Transport::Onion => {
             // Every peer arrives from tor, on loopback: an allow-list
             // would judge tor, not the peer.
+            if !opts.allow.is_empty() {
+                return Err(cfg.bad_value(
+                    "allow",
+                    &cfg.get_all("allow").join(" "),
+                    "nothing: onion peers all arrive from tor, on loopback",
+                ));
+            }
             let listener = onion::listener(cfg, &HostPort::parse(&address)?, log)?;
             return listen::serve(
                 vec![Endpoint::Ready(Listener::Tcp(listener))],
