@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::netns::root_or_skip;
 use crate::support::tor::{self, Auth, Tor};
+use crate::support::tornet::TorNet;
 use crate::support::*;
 
 /// A git repository (git-annex is not needed for these modes).
@@ -355,4 +356,106 @@ fn onion_connect_goes_through_tors_socks_port_and_names_its_errors() {
     let (status, _, err) = run(p2p_in(&tor, dir.path(), &[]).args(["onion", "example.com:80"]));
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("is not a v3 onion address"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Real git-annex repositories over a private Tor network
+
+/// Connect mode from B until tor finds the service's descriptor (a new
+/// service publishes it a few seconds after it is registered); how long
+/// that took.
+fn wait_reachable(net: &TorNet, home: &Path, address: &str) -> Duration {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < TORNET_STEP {
+        let mut cmd = p2p(home);
+        cmd.args(["onion", address]);
+        with_config(&mut cmd, &[("p2p-annex.onion.proxy", &net.socks("b"))]);
+        let (status, _, err) = run(&mut cmd);
+        if status.success() {
+            return started.elapsed();
+        }
+        last = err;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("{address} not reachable through B's tor within {TORNET_STEP:?}; last: {last}");
+}
+
+/// One step of the private-network test (tor's circuits are slow to build
+/// on a loaded machine).
+const TORNET_STEP: Duration = Duration::from_secs(120);
+
+#[test]
+fn onion_git_annex_syncs_over_a_private_tor_network() {
+    use crate::support::annex::{Env, pseudo_random};
+    if !root_or_skip("onion_git_annex_syncs_over_a_private_tor_network") {
+        return;
+    }
+    let net = TorNet::start();
+    eprintln!("private tor network: bootstrapped in {:?}", net.bootstrap);
+    let env = Env::new("e2e-onion");
+    env.global_config("p2p-annex.onion.proxy", &net.socks("b"));
+    let a = env.repo("a");
+    a.config("p2p-annex.onion.control", &net.control("a"));
+    let small = b"hello from A, over tor\n".to_vec();
+    let big = pseudo_random(51, 1024 * 1024 + 3);
+    a.write("small.txt", &small);
+    a.write("big.bin", &big);
+    a.add_and_commit(&["small.txt", "big.bin"], "files from A");
+    a.annex(&["p2p", "--enable", "onion"]);
+    let own = a.own_p2p_addresses();
+    assert_eq!(own.len(), 1, "{own:?}");
+    let onion = own[0]
+        .strip_prefix("p2p-annex::onion:")
+        .expect("an onion address");
+    assert!(is_onion_address(onion), "{onion}");
+
+    // A's listener must be where A's tor can reach 127.0.0.1: in the namespace.
+    let in_net = ["ip", "netns", "exec", net.ns.0.as_str()];
+    let registered = Instant::now();
+    let served = a.serve_via(&in_net);
+    let address = a.gen_addresses("onion").remove(0);
+    let b = env.repo("b");
+    let reachable = wait_reachable(&net, b.path(), onion);
+    eprintln!(
+        "onion service reachable from B {reachable:?} after A's listener started \
+         ({:?} in all)",
+        registered.elapsed()
+    );
+
+    let t = Instant::now();
+    b.link("peerA", &address);
+    b.fetch("peerA");
+    b.annex(&["merge"]);
+    b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
+    eprintln!("link + fetch over tor: {:?}", t.elapsed());
+    let t = Instant::now();
+    b.annex(&["get", "small.txt"]);
+    eprintln!(
+        "first git annex get (small file) over tor: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    b.annex(&["get", "big.bin"]);
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "git annex get of 1 MiB over tor: {secs:.2}s ({:.2} MiB/s)",
+        1.0 / secs
+    );
+    assert!(b.read("small.txt") == small && b.read("big.bin") == big);
+    b.annex(&["fsck"]);
+
+    let new = pseudo_random(52, 200 * 1024);
+    b.write("from-b.bin", &new);
+    b.add_and_commit(&["from-b.bin"], "file from B");
+    b.annex(&["copy", "--to", "peerA", "from-b.bin"]);
+    let mut want = vec!["big.bin", "from-b.bin", "small.txt"];
+    want.sort();
+    assert_eq!(b.files_in("peerA"), want);
+    // A's copy, fetched back over tor and checked against its key.
+    b.annex(&["fsck", "--from", "peerA", "from-b.bin"]);
+    a.annex(&["fsck"]);
+
+    drop(served);
+    env.assert_no_leftover_processes();
 }
