@@ -423,6 +423,15 @@ fn onion_git_annex_syncs_over_a_private_tor_network() {
         registered.elapsed()
     );
 
+    // check: tor answers, the listener holds the service.
+    let checked = a.cmd(bin().to_str().unwrap(), &["check"]).run();
+    let tor_line = checked
+        .stdout
+        .lines()
+        .find(|l| l.contains("registered with tor"))
+        .unwrap_or_else(|| panic!("no tor line in check's output:\n{}", checked.stdout));
+    assert!(tor_line.contains("SAFECOOKIE auth"), "{tor_line}");
+
     let t = Instant::now();
     b.link("peerA", &address);
     b.fetch("peerA");
@@ -455,6 +464,18 @@ fn onion_git_annex_syncs_over_a_private_tor_network() {
     // A's copy, fetched back over tor and checked against its key.
     b.annex(&["fsck", "--from", "peerA", "from-b.bin"]);
     a.annex(&["fsck"]);
+
+    // check on B: the peer is reached through tor's SOCKS port.
+    let checked = b.cmd(bin().to_str().unwrap(), &["check"]).run();
+    assert!(
+        checked
+            .stdout
+            .lines()
+            .any(|l| l.contains("peer-reachable") || l.contains("is reachable")),
+        "{}",
+        checked.stdout
+    );
+    assert!(checked.success(), "{}\n{}", checked.stdout, checked.stderr);
 
     drop(served);
     env.assert_no_leftover_processes();

@@ -12,6 +12,7 @@
 
 mod facts;
 mod local;
+mod onion;
 mod peers;
 mod serve;
 mod supervisor;
@@ -42,7 +43,7 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Err(check) => return report.add(out, vec![check]),
     };
     report.redact(crate::auth::known_secrets(&repo.git_dir));
-    let checks: [fn(&Repo) -> Vec<Check>; 9] = [
+    let checks: [fn(&Repo) -> Vec<Check>; 10] = [
         local::repository,
         local::bad_remotes,
         local::helper_links,
@@ -51,6 +52,7 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         supervisor::supervisor,
         serve::sockets,
         serve::listeners,
+        onion::tor,
         serve::strays,
     ];
     for check in checks {

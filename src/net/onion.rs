@@ -520,6 +520,42 @@ fn keep_registered(cfg: &Config, key: &Key, vport: u16, at: SocketAddr, shown: &
     }
 }
 
+/// What `p2p-annex check` found out from tor.
+pub struct Probe {
+    pub control: String,
+    pub method: &'static str,
+    /// Whether another control connection (a listener) holds this
+    /// repository's service; None without a stored key.
+    pub registered: Option<bool>,
+}
+
+/// Reach and authenticate to the control port, and ask whether a listener
+/// holds the stored key's service: tor refuses to add a key that another
+/// connection holds ("550 Onion address collision"). When nobody holds
+/// it, the probe's own registration, pointing nowhere, goes with its
+/// connection a moment later.
+pub fn probe(cfg: &Config) -> Result<Probe, Error> {
+    let mut c = Control::open(cfg)?;
+    let registered = match stored_key(&files(cfg)?)? {
+        None => None,
+        Some(key) => {
+            let reply = c.command(&tc::add_onion(Some(&key), 1, &discard_target().to_string()))?;
+            match reply.ok() {
+                Ok(_) => Some(false),
+                Err(ProtoError::Refused { code: 550, text }) if text.contains("collision") => {
+                    Some(true)
+                }
+                Err(e) => return Err(c.fail(format!("ADD_ONION failed: {e}"))),
+            }
+        }
+    };
+    Ok(Probe {
+        control: c.at.to_string(),
+        method: c.method,
+        registered,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
