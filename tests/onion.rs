@@ -128,8 +128,14 @@ fn onion_cookie_auth_makes_the_key_once_keeps_it_private_and_the_address_stable(
     let (code, offline, err) = address(&tor, dir.path(), &[]);
     assert_eq!((code, offline.trim()), (Some(0), first.as_str()), "{err}");
     assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
-    // The key is tor's: tor names the same service for it.
+    // The key is tor's: with the id file gone, tor names the same
+    // service for it again, and the file comes back.
     tor.restart();
+    let id_file = dir.path().join(".git/annex/p2p-annex.onion.id");
+    std::fs::remove_file(&id_file).unwrap();
+    let (code, recovered, err) = address(&tor, dir.path(), &[]);
+    assert_eq!((code, recovered.trim()), (Some(0), first.as_str()), "{err}");
+    assert!(id_file.exists());
     let mut c = tor.controller();
     let reply = c.command(&format!("ADD_ONION {} Port=1,127.0.0.1:9", text.trim()));
     let id = first.split_once(".onion").unwrap().0;
