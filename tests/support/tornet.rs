@@ -35,7 +35,7 @@ fn common(nick: &str, dir: &Path, authorities: &str) -> String {
     format!(
         "TestingTorNetwork 1\nDataDirectory {d}\nNickname {nick}\nPidFile {d}/pid\n\
          Log notice file {d}/notice.log\nSafeLogging 0\nShutdownWaitLength 0\n\
-         ConnLimit 60\nAddress 127.0.0.1\n\
+         ConnLimit 60\nAddress 127.0.0.1\nAssumeReachable 1\n\
          TestingDirAuthVoteGuard *\nTestingDirAuthVoteHSDir *\nTestingDirAuthVoteExit *\n\
          TestingMinExitFlagThreshold 0\nPathsNeededToBuildCircuits 0.67\n\
          V3AuthNIntervalsValid 2\nTestingV3AuthInitialVotingInterval 5\n\
@@ -157,27 +157,38 @@ impl TorNet {
         }
         let ns = Netns::new();
         let started = Instant::now();
-        let mut children = Vec::new();
-        for (d, conf) in &torrcs {
-            let torrc = d.join("torrc");
-            std::fs::write(&torrc, conf).expect("write torrc");
-            children.push(
-                ns.exec(&tor)
-                    .arg("-f")
-                    .arg(&torrc)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start tor"),
-            );
-        }
         let mut net = TorNet {
             dir,
             ns,
-            children,
+            children: Vec::new(),
             bootstrap: Duration::ZERO,
         };
+        // As chutney does: authorities first, then relays; clients only
+        // once a consensus lists every relay, so they never bootstrap on a
+        // consensus too small to build onion-service paths from (seen on a
+        // loaded machine: a client stuck at "Failed to find node for hop #2").
+        let (servers, clients) = torrcs.split_at(AUTHORITIES + RELAYS);
+        for (d, conf) in servers {
+            net.spawn(&tor, d, conf);
+        }
+        let consensus = net.dir.path().join("auth0").join("cached-consensus");
+        let all = AUTHORITIES + RELAYS;
+        let listed = || {
+            std::fs::read_to_string(&consensus)
+                .map(|c| c.lines().filter(|l| l.starts_with("r ")).count())
+                .unwrap_or(0)
+        };
+        assert!(
+            super::wait_until(BOOTSTRAP, || listed() == all),
+            "no consensus with all {all} relays within {BOOTSTRAP:?} (the last lists {}); \
+             auth0's log:\n{}",
+            listed(),
+            std::fs::read_to_string(net.dir.path().join("auth0").join("notice.log"))
+                .unwrap_or_default()
+        );
+        for (d, conf) in clients {
+            net.spawn(&tor, d, conf);
+        }
         for name in ["a", "b"] {
             let log = net.client(name).join("notice.log");
             let done = super::wait_until(BOOTSTRAP, || {
@@ -191,6 +202,22 @@ impl TorNet {
         }
         net.bootstrap = started.elapsed();
         net
+    }
+
+    fn spawn(&mut self, tor: &Path, d: &Path, conf: &str) {
+        let torrc = d.join("torrc");
+        std::fs::write(&torrc, conf).expect("write torrc");
+        let child = self
+            .ns
+            .exec(tor)
+            .arg("-f")
+            .arg(&torrc)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tor");
+        self.children.push(child);
     }
 
     pub fn client(&self, name: &str) -> PathBuf {
