@@ -404,7 +404,7 @@ fn onion_git_annex_syncs_over_a_private_tor_network() {
     let a = env.repo("a");
     a.config("p2p-annex.onion.control", &net.control("a"));
     let small = b"hello from A, over tor\n".to_vec();
-    let big = pseudo_random(51, 1024 * 1024 + 3);
+    let big = pseudo_random(51, 4 * 1024 * 1024 + 3);
     a.write("small.txt", &small);
     a.write("big.bin", &big);
     a.add_and_commit(&["small.txt", "big.bin"], "files from A");
@@ -454,8 +454,8 @@ fn onion_git_annex_syncs_over_a_private_tor_network() {
     b.annex(&["get", "big.bin"]);
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
-        "git annex get of 1 MiB over tor: {secs:.2}s ({:.2} MiB/s)",
-        1.0 / secs
+        "git annex get of 4 MiB over tor: {secs:.2}s ({:.2} MiB/s)",
+        4.0 / secs
     );
     assert!(b.read("small.txt") == small && b.read("big.bin") == big);
     b.annex(&["fsck"]);
