@@ -239,6 +239,21 @@ fn onion_every_auth_method_tor_offers_and_clear_errors() {
         err.trim(),
         "p2p-annex: onion: cannot connect to tor's control port 127.0.0.1:1: connection refused"
     );
+    // Without tor, each default says why it missed.
+    if !Path::new("/run/tor/control").exists() {
+        let empty = tor::Netns::new();
+        let mut cmd = empty.exec(&bin());
+        isolate(&mut cmd, dir.path());
+        let (status, _, err) = run(cmd.args(["onion", "address"]));
+        assert_eq!(status.code(), Some(1));
+        assert_eq!(
+            err.trim(),
+            "p2p-annex: onion: cannot reach tor's control port (tor's control socket \
+             /run/tor/control: no such file or directory; tor's control port 127.0.0.1:9051: \
+             connection refused); start tor, or set p2p-annex.onion.control to its control \
+             port (HOST:PORT or unix:/PATH)"
+        );
+    }
     // The defaults (/run/tor/control, then 127.0.0.1:9051) are tried in
     // order: in this namespace the second answers.
     if !Path::new("/run/tor/control").exists() {

@@ -34,6 +34,11 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Debian's system tor gives its control socket and cookie to the group
+/// debian-tor.
+const DEBIAN_GROUP_HINT: &str = " (for Debian's system tor, join the debian-tor group: \
+     `sudo adduser $USER debian-tor`, then log in again)";
+
 /// How tor's control port is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlAddr {
@@ -109,17 +114,34 @@ impl Control {
     /// Connect to the first control port that answers and authenticate as
     /// it offers.
     pub fn open(cfg: &Config) -> Result<Control, Error> {
-        let mut last = None;
+        let mut missed = Vec::new();
         for at in controls(cfg)? {
             match Control::open_at(cfg, &at) {
                 Ok(c) => return Ok(c),
                 // Not there: try the next default. Anything else (a refused
                 // password) is the answer.
-                Err(e @ Error::Connect { .. }) => last = Some(e),
+                Err(e @ Error::Connect { .. }) => missed.push(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Config("no control port to try".into())))
+        if missed.len() == 1 {
+            return Err(missed.remove(0));
+        }
+        // Every default missed: say what each said (the first may be the
+        // useful one, a socket we may not open).
+        Err(Error::Config(format!(
+            "cannot reach tor's control port ({}); start tor, or set {} to its \
+             control port (HOST:PORT or unix:/PATH)",
+            missed
+                .iter()
+                .map(|e| match e {
+                    Error::Connect { target, cause } => format!("{target}: {}", describe(cause)),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            cfg.name("control")
+        )))
     }
 
     fn open_at(cfg: &Config, at: &ControlAddr) -> Result<Control, Error> {
@@ -134,9 +156,22 @@ impl Control {
                 },
             )?),
             ControlAddr::Unix(path) => Stream::Unix(UnixStream::from(
-                unix::connect_within(path, CONTROL_TIMEOUT).map_err(|cause| Error::Connect {
-                    target: format!("tor's control socket {}", path.display()),
-                    cause,
+                unix::connect_within(path, CONTROL_TIMEOUT).map_err(|cause| {
+                    // A socket is there but not for us: that is the answer
+                    // (the system tor), not a reason to try the next default.
+                    if cause.kind() == io::ErrorKind::PermissionDenied {
+                        return Error::Tor {
+                            control: at.to_string(),
+                            problem: format!(
+                                "cannot connect: {}{DEBIAN_GROUP_HINT}",
+                                describe(&cause)
+                            ),
+                        };
+                    }
+                    Error::Connect {
+                        target: format!("tor's control socket {}", path.display()),
+                        cause,
+                    }
                 })?,
             )),
         };
@@ -250,8 +285,7 @@ impl Control {
     fn read_cookie(&self, file: &str) -> Result<Vec<u8>, Error> {
         let cookie = std::fs::read(file).map_err(|e| {
             let hint = if e.kind() == io::ErrorKind::PermissionDenied {
-                " (for Debian's system tor, join the debian-tor group: \
-                 `sudo adduser $USER debian-tor`, then log in again)"
+                DEBIAN_GROUP_HINT
             } else {
                 ""
             };
