@@ -431,6 +431,17 @@ fn onion_git_annex_syncs_over_a_private_tor_network() {
         .expect("an onion address");
     assert!(is_onion_address(onion), "{onion}");
 
+    // Before remotedaemon runs: tor answers, nothing holds the service.
+    let checked = a.cmd(bin().to_str().unwrap(), &["check"]).run();
+    assert!(
+        checked
+            .stdout
+            .lines()
+            .any(|l| l.contains("is not registered, as no remotedaemon runs")),
+        "{}",
+        checked.stdout
+    );
+
     // A's listener must be where A's tor can reach 127.0.0.1: in the namespace.
     let in_net = ["ip", "netns", "exec", net.ns.0.as_str()];
     let registered = Instant::now();
