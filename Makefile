@@ -15,7 +15,7 @@ CARGO ?= cargo
 CARGOFLAGS ?=
 
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
-NETNAMES = tcp socks unix-sockets
+NETNAMES = tcp socks unix-sockets onion
 MANPAGES = $(wildcard man/*.1)
 # dist/ source, installed path, mode; @BINDIR@ in them becomes $(BINDIR).
 SERVICE_FILES = \

@@ -18,6 +18,7 @@
 //! it. Docs: README, man/p2p-annex.1 and a man page of its own, and
 //! `make install`'s links (Makefile).
 
+pub mod onion;
 pub mod socks;
 pub mod tcp;
 pub mod unix;
@@ -41,7 +42,12 @@ use crate::relay::{self, End};
 use crate::sys;
 
 /// Every transport, in the order messages list them.
-pub const TRANSPORTS: &[&Transport] = &[&tcp::TRANSPORT, &socks::TRANSPORT, &unix::TRANSPORT];
+pub const TRANSPORTS: &[&Transport] = &[
+    &tcp::TRANSPORT,
+    &socks::TRANSPORT,
+    &unix::TRANSPORT,
+    &onion::TRANSPORT,
+];
 
 /// What a transport does. Its functions get the address already parsed
 /// into the transport's `Form`.
