@@ -7,11 +7,12 @@
 //! transport's form (`Address`); connect mode and `check` reach peers
 //! through the same `connect`.
 //!
-//! To add a transport (say `onion`):
-//! 1. write `net/onion.rs` with `pub const TRANSPORT: Transport`, whose
+//! To add a transport (say `i2p`):
+//! 1. write `net/i2p.rs` with `pub const TRANSPORT: Transport`, whose
 //!    functions take the address in its parsed form (`Address::host_port`
 //!    or `Address::token`);
-//! 2. add `pub mod onion;` below and `&onion::TRANSPORT` to `TRANSPORTS`.
+//! 2. add `pub mod i2p;` below and `&i2p::TRANSPORT` to `TRANSPORTS`
+//!    (`onion` is the latest example).
 //!
 //! Its name becomes a built-in netname and a value of
 //! `p2p-annex.<netname>.transport`; `check` and the error messages list
