@@ -306,6 +306,18 @@ fn onion_service_is_held_exactly_while_listen_runs_and_again_after_tor_restarts(
         "held again after the restart"
     );
 
+    // tor away for a while: the listener backs off (1 s, then 2 s, ...)
+    // and registers as soon as tor is back.
+    tor.stop();
+    l.wait_for_stderr("retrying in 1s", DEADLINE);
+    l.wait_for_stderr("retrying in 2s", DEADLINE);
+    tor.restart();
+    l.wait_for_stderr("registered with tor", DEADLINE);
+    assert!(
+        !key_is_free(&tor, dir.path()),
+        "held again after tor came back"
+    );
+
     // The listener goes: so does the service.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(l.pid() as i32),
