@@ -15,7 +15,7 @@ CARGO ?= cargo
 CARGOFLAGS ?=
 
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
-NETNAMES = tcp socks unix-sockets
+NETNAMES = tcp socks unix-sockets onion
 MANPAGES = $(wildcard man/*.1)
 # dist/ source, installed path, mode; @BINDIR@ in them becomes $(BINDIR).
 SERVICE_FILES = \
@@ -231,10 +231,11 @@ check-vendor:
 	tests/tools/check-vendor.sh "$(MAKE)"
 
 # Every fuzz target (fuzz/) for FUZZ_SECONDS each from its corpus: addresses,
-# git config, SOCKS5 replies and status answers; a crash fails. Needs the
+# git config, SOCKS5 replies, status answers and tor control-port replies;
+# a crash fails. Needs the
 # $(NIGHTLY) toolchain (SKIPPED without it, failed under CI) and installs
 # cargo-fuzz from crates.io when missing.
-FUZZ_TARGETS = address config socks5 status
+FUZZ_TARGETS = address config socks5 status torcontrol
 FUZZ_SECONDS ?= 30
 fuzz-smoke:
 	tests/tools/fuzz-smoke.sh $(NIGHTLY) $(FUZZ_SECONDS) $(FUZZ_TARGETS)

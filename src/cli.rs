@@ -13,7 +13,7 @@ use crate::error::Error;
 pub const HELPER_PREFIX: &str = "git-annex-p2p-";
 
 pub const HELP: &str = "\
-p2p-annex: git-annex P2P transport helpers for tcp, SOCKS5 and unix sockets
+p2p-annex: git-annex P2P transport helpers for tcp, SOCKS5, unix sockets and Tor
 
 Usage:
   git-annex-p2p-NETNAME ADDRESS              connect: relay stdin/stdout to the peer
@@ -34,9 +34,10 @@ Usage:
 
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
 Yggdrasil or Tailscale, or a LAN you trust), socks (through a SOCKS5 proxy:
-yggstack, Tor, I2P, ssh -D), unix-sockets, and any name with
-`git config p2p-annex.NAME.transport tcp|socks|unix-sockets` (but check and
-status and serve, which are commands).
+yggstack, Tor, I2P, ssh -D), unix-sockets, onion (Tor onion services made
+through tor's control port, no root), and any name with
+`git config p2p-annex.NAME.transport tcp|socks|unix-sockets|onion` (but
+check and status and serve, which are commands).
 
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.tcp.address          host to advertise (may repeat)
@@ -51,6 +52,12 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
                                  RFC 1929 credentials for the proxy
   p2p-annex.socks.listen         where listen mode binds, default 127.0.0.1
   p2p-annex.socks.connect-timeout  default 60s
+  p2p-annex.onion.control        tor's control port, HOST:PORT or unix:/PATH;
+                                 default unix:/run/tor/control, 127.0.0.1:9051
+  p2p-annex.onion.control-password  for a tor with HashedControlPassword
+  p2p-annex.onion.port           virtual port (picked and stored when unset)
+  p2p-annex.onion.proxy          tor's SOCKS port, default 127.0.0.1:9050
+  p2p-annex.onion.connect-timeout  default 60s
   p2p-annex.unix-sockets.dir     socket directory, default private:
                                  $XDG_RUNTIME_DIR/p2p-annex or /tmp/p2p-annex-UID
   p2p-annex.unix-sockets.trust-uid  another user whose sockets we use

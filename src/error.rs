@@ -22,6 +22,9 @@ pub enum Error {
     /// The SOCKS proxy failed us: it broke the protocol, did not answer in
     /// time, or could not reach the peer. `problem` never holds credentials.
     Proxy { proxy: String, problem: String },
+    /// Tor's control port failed us: refused our authentication, broke the
+    /// protocol, or refused a command. `problem` never holds a secret.
+    Tor { control: String, problem: String },
     /// Could not set up a listening socket.
     Bind { target: String, cause: io::Error },
     /// The relay failed after the connection was made.
@@ -78,6 +81,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot connect to {target}: {}", describe(cause))
             }
             Error::Proxy { proxy, problem } => write!(f, "proxy {proxy}: {problem}"),
+            Error::Tor { control, problem } => write!(f, "tor control port {control}: {problem}"),
             Error::Bind { target, cause } => {
                 write!(f, "cannot listen on {target}: {}", describe(cause))
             }

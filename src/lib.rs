@@ -10,8 +10,10 @@
 // Pure: parsing and formatting, no I/O.
 pub mod addr;
 pub mod allow;
+pub mod sha256;
 pub mod socks5;
 pub mod text;
+pub mod torcontrol;
 
 // The status wire format and where a listener keeps its files.
 pub mod control;

@@ -93,11 +93,11 @@ fn unknown_netname_says_how_to_configure_it() {
     let (status, _, stderr) = run(helper(&link, home.path()).arg("address"));
     assert_eq!(status.code(), Some(2));
     assert!(
-        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets)"),
+        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets, or onion)"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("(netnames here: tcp, socks, unix-sockets)"),
+        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion)"),
         "{stderr}"
     );
     // A typo of a netname that is configured: the message names it.
@@ -108,7 +108,7 @@ fn unknown_netname_says_how_to_configure_it() {
         .env("GIT_CONFIG_VALUE_0", "socks"));
     assert_eq!(status.code(), Some(2));
     assert!(
-        stderr.contains("(netnames here: tcp, socks, unix-sockets, myyggdrasil)"),
+        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion, myyggdrasil)"),
         "{stderr}"
     );
 }

@@ -35,3 +35,5 @@ mod socks;
 mod unattended;
 // The configuration keys of --help, the man page, the README and src/ agree.
 mod docs;
+// The onion netname against a real tor in a network namespace.
+mod onion;

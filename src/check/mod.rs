@@ -14,6 +14,7 @@ mod address;
 mod facts;
 mod local;
 mod md5;
+mod onion;
 mod peers;
 mod report;
 mod serve;
@@ -58,7 +59,7 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Err(check) => return report.add(out, vec![check]),
     };
     report.redact(crate::auth::known_secrets(&repo.git_dir));
-    let checks: [fn(&Repo) -> Vec<Check>; 9] = [
+    let checks: [fn(&Repo) -> Vec<Check>; 10] = [
         local::repository,
         local::bad_remotes,
         local::helper_links,
@@ -67,6 +68,7 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         supervisor::supervisor,
         serve::sockets,
         serve::listeners,
+        onion::tor,
         serve::strays,
     ];
     for check in checks {

@@ -7,17 +7,19 @@
 //! transport's form (`Address`); connect mode and `check` reach peers
 //! through the same `connect`.
 //!
-//! To add a transport (say `onion`):
-//! 1. write `net/onion.rs` with `pub const TRANSPORT: Transport`, whose
+//! To add a transport (say `i2p`):
+//! 1. write `net/i2p.rs` with `pub const TRANSPORT: Transport`, whose
 //!    functions take the address in its parsed form (`Address::host_port`
 //!    or `Address::token`);
-//! 2. add `pub mod onion;` below and `&onion::TRANSPORT` to `TRANSPORTS`.
+//! 2. add `pub mod i2p;` below and `&i2p::TRANSPORT` to `TRANSPORTS`
+//!    (`onion` is the latest example).
 //!
 //! Its name becomes a built-in netname and a value of
 //! `p2p-annex.<netname>.transport`; `check` and the error messages list
 //! it. Docs: README, man/p2p-annex.1 and a man page of its own, and
 //! `make install`'s links (Makefile).
 
+pub mod onion;
 pub mod socks;
 pub mod tcp;
 pub mod unix;
@@ -41,7 +43,12 @@ use crate::relay::{self, End};
 use crate::sys;
 
 /// Every transport, in the order messages list them.
-pub const TRANSPORTS: &[&Transport] = &[&tcp::TRANSPORT, &socks::TRANSPORT, &unix::TRANSPORT];
+pub const TRANSPORTS: &[&Transport] = &[
+    &tcp::TRANSPORT,
+    &socks::TRANSPORT,
+    &unix::TRANSPORT,
+    &onion::TRANSPORT,
+];
 
 /// What a transport does. Its functions get the address already parsed
 /// into the transport's `Form`.

@@ -63,8 +63,14 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_config(cfg: &Config) -> Result<Settings, Error> {
+        Settings::with_default_proxy(cfg, DEFAULT_PROXY)
+    }
+
+    /// As `from_config`, with another proxy when none is configured (tor's
+    /// 127.0.0.1:9050 for the onion transport).
+    pub fn with_default_proxy(cfg: &Config, default: &str) -> Result<Settings, Error> {
         let proxy = match cfg.get("proxy") {
-            None => Proxy::Tcp(HostPort::parse(DEFAULT_PROXY)?),
+            None => Proxy::Tcp(HostPort::parse(default)?),
             Some(v) => parse_proxy(v.trim()).ok_or_else(|| {
                 cfg.bad_value("proxy", v, "HOST:PORT or unix:/PATH, e.g. 127.0.0.1:1080")
             })?,

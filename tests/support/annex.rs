@@ -43,7 +43,7 @@ const DAEMON_START: Duration = Duration::from_secs(15);
 const SERVE_START: Duration = Duration::from_secs(30);
 
 /// The netnames whose helper links every test environment gets.
-pub const NETNAMES: [&str; 3] = ["tcp", "socks", "unix-sockets"];
+pub const NETNAMES: [&str; 4] = ["tcp", "socks", "unix-sockets", "onion"];
 
 // ---------------------------------------------------------------------------
 // Locating git-annex

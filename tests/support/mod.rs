@@ -7,6 +7,8 @@ pub mod annex;
 pub mod danted;
 pub mod netns;
 pub mod peers;
+pub mod tor;
+pub mod tornet;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

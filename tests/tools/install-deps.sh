@@ -1,7 +1,8 @@
 #!/bin/sh
 # What `make check` needs besides Rust and git, installed when missing:
 # mandoc (lint-man), socat (the tests' reference relay), dante-server (the
-# socks tests' real SOCKS5 server), pip for python3 (git-annex from PyPI)
+# socks tests' real SOCKS5 server), tor (the onion tests' real tor), pip for
+# python3 (git-annex from PyPI),
 # systemd's systemd-analyze (check-dist verifies the service files), and
 # iproute2 and util-linux (the unattended tests' namespaces and prlimit).
 # As root it runs apt-get; otherwise it names the packages and fails.
@@ -15,6 +16,7 @@ command -v mandoc >/dev/null 2>&1 || need="$need mandoc"
 command -v socat >/dev/null 2>&1 || need="$need socat"
 python3 -m pip --version >/dev/null 2>&1 || need="$need python3-pip"
 command -v danted >/dev/null 2>&1 || [ -x /usr/sbin/danted ] || need="$need dante-server"
+command -v tor >/dev/null 2>&1 || [ -x /usr/sbin/tor ] || need="$need tor"
 # make check-dist: systemd-analyze verify on the service files.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 # The unattended tests: network namespaces, routes and ss; prlimit.
