@@ -62,10 +62,11 @@ class Slot:
     """One waiting fowld on a fixed code; re-armed with a fresh fowld once its
     peer has connected (one wormhole = one connection)."""
 
-    def __init__(self, code, tag):
-        self.code, self.tag = code, tag
+    def __init__(self, code, tag, arm_times=None, once=False):
+        self.code, self.tag, self.once = code, tag, once
+        self.waiting = None
         self.events = []
-        self.arm_times = []
+        self.arm_times = [] if arm_times is None else arm_times
         self.stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -76,6 +77,10 @@ class Slot:
             n += 1
             t0 = time.monotonic()
             f = new_fowld("%s#%d" % (self.tag, n))
+            self.waiting = f
+            if self.stop:
+                f.kill()
+                return
             try:
                 f.wait(["welcome"], 30)
                 f.send(kind="set-code", code=self.code)
@@ -89,7 +94,16 @@ class Slot:
                 time.sleep(0.2)
                 continue
             # Serve this one connection in the background, then close it.
+            self.waiting = None
             threading.Thread(target=self._finish, args=(f,), daemon=True).start()
+            if self.once:
+                return
+
+    def close(self):
+        self.stop = True
+        f = self.waiting
+        if f is not None:
+            f.kill()
 
     def _finish(self, f):
         try:
@@ -143,11 +157,12 @@ def design_a():
     secret = os.urandom(32)
     res = {"ttfb_s": [], "failures": []}
     slot = None
+    arm_times = []
     for i in range(ARGS.n):
         code = derive_code(secret, i)
         if slot:
-            slot.stop = True
-        slot = Slot(code, "A%d" % i)
+            slot.close()
+        slot = Slot(code, "A%d" % i, arm_times, once=True)
         try:
             ttfb, s, c = client_once(code)
             res["ttfb_s"].append(ttfb)
@@ -164,8 +179,8 @@ def design_a():
         if i % 10 == 9:
             say("  %d done, %d failures, median ttfb %.3f" % (i + 1, len(res["failures"]),
                                                             med(res["ttfb_s"])))
-    slot.stop = True
-    res["listener_arm_s"] = summary([t for t in slot.arm_times])
+    slot.close()
+    res["listener_arm_s"] = summary(arm_times)
     res["ttfb"] = summary(res.pop("ttfb_s"))
     res["fowld_errors"] = stderr_errors()
     R["a"] = res
@@ -214,7 +229,7 @@ def design_b():
     for t in ts:
         t.join(900)
     for s in slots:
-        s.stop = True
+        s.close()
     res["ttfb_incl_retries"] = summary(res.pop("ttfb_s"))
     res["slot_events"] = [e[:120] for s in slots for e in s.events]
     res["fowld_errors"] = stderr_errors()
@@ -247,7 +262,7 @@ def design_c():
             s = client_connect(port, 20)
             echo(s)
             res["ttfb_s"].append(time.monotonic() - t)
-            if i == 0:
+            if "rtt_in_stream_s" not in res:
                 res["rtt_in_stream_s"] = summary(rtts(s, 20))
             s.close()
         except Exception as e:
@@ -280,25 +295,27 @@ def design_c():
     res["connecting_fowld_saw"] = [m["kind"] for m in cli.drain_kinds()][-4:]
     cli.kill()
     srv, cli, port = pair("C2")
-    # Several bulk streams at once (git-annex runs -J jobs): 2 up + 2 down.
+    # Several bulk streams at once (git-annex runs -J jobs): --streams, U up, D down.
     n = 16 << 20
+    kinds = ARGS.streams
     out = {}
 
     def bulk(j):
         try:
             s = client_connect(port, 60)
             s.settimeout(60)
-            out[j] = round(upload(s, n) if j % 2 == 0 else download(s, n), 3)
+            out[j] = round(upload(s, n) if kinds[j] == "U" else download(s, n), 3)
             s.close()
         except Exception as e:
             out[j] = "FAILED: %s" % e
 
-    ts = [threading.Thread(target=bulk, args=(j,), daemon=True) for j in range(4)]
+    ts = [threading.Thread(target=bulk, args=(j,), daemon=True) for j in range(len(kinds))]
     for t in ts:
         t.start()
     for t in ts:
         t.join(120)
-    res["4_concurrent_16MiB"] = {str(j): out.get(j, "FAILED: no result within 120 s") for j in range(4)}
+    res["concurrent_16MiB_streams"] = {"%d%s" % (j, kinds[j]): out.get(j, "FAILED: no result within 120 s")
+                                       for j in range(len(kinds))}
     # After that, does a fresh connection still work?
     try:
         s = client_connect(port, 20)
@@ -391,6 +408,7 @@ def main():
     ap.add_argument("--designs", default="c,a,b,nameplates")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--streams", default="UDUD", help="design c: concurrent 16 MiB streams, U up D down")
     ap.add_argument("--nodelay", action="store_true", help="fowld with TCP_NODELAY patched in")
     ARGS = ap.parse_args()
     ARGS.out = os.path.abspath(ARGS.out)
