@@ -245,6 +245,19 @@ first-hour:
 	tests/tools/first-hour.sh
 # --- end the first hour -------------------------------------------------------
 
+# --- the fowl study (issue 17) ----------------------------------------------
+# Measures the candidate designs of a fowl netname (doc/networks/fowl.md) on
+# loopback inside a network namespace with loopback only; installs fowl and
+# the mailbox server from PyPI into target/fowl-venv. Needs root. Not part of
+# check: it times things (about 15 minutes). Results in target/fowl-study/.
+.PHONY: fowl-study
+FOWL_STUDY_DIR = $(TARGET_DIR)/fowl-study
+fowl-study:
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/stock
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/nodelay --designs c,a,b2 --n 40 --nodelay
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/streams --designs c --n 3 --mib 0 --streams UDUD
+# --- end the fowl study ----------------------------------------------------
+
 # p2p-annex against socat helpers, side by side; writes target/bench/results.md
 # (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a
 # quick look with smaller sizes.

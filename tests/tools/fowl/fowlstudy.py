@@ -2,7 +2,11 @@
 """Measure the three candidate designs for a p2p-annex `fowl` netname on loopback.
 
 Run by run-study.sh inside a loopback-only network namespace (checked here too).
-Usage: fowlstudy.py VENV OUTDIR [--designs a,b,c,nameplates] [--n 100] [--mib 64]
+Usage: fowlstudy.py VENV OUTDIR [--designs c,a,b,b2,nameplates] [--n 100] [--mib 64]
+       [--nodelay] [--streams UDUD]
+Designs: a wormhole per connection (sequential), b a pool of 4 slots with 4 clients
+at once, b2 the chosen design (8 slots, bounded waits, gentle close), c one
+persistent wormhole with a subchannel per connection.
 Writes OUTDIR/results.json and OUTDIR/fowld.log (fowld's JSON lines; they hold the
 test codes, which are made from a throwaway secret).
 """
@@ -58,12 +62,26 @@ def stderr_errors():
 
 # --- listener slots (designs a and b) ------------------------------------
 
+def gentle_close(f):
+    """session-close, then SIGTERM, then SIGKILL: a SIGKILLed waiting fowld leaves
+    a stale nameplate claim behind (see nameplates())."""
+    f.send(kind="session-close", timeout=1)
+    try:
+        f.p.wait(3)
+        return
+    except Exception:
+        pass
+    Reaper.kill(f.p, signal.SIGTERM)
+    if f.p.poll() is None:
+        f.kill()
+
+
 class Slot:
     """One waiting fowld on a fixed code; re-armed with a fresh fowld once its
     peer has connected (one wormhole = one connection)."""
 
-    def __init__(self, code, tag, arm_times=None, once=False):
-        self.code, self.tag, self.once = code, tag, once
+    def __init__(self, code, tag, arm_times=None, once=False, gentle=False):
+        self.code, self.tag, self.once, self.gentle = code, tag, once, gentle
         self.waiting = None
         self.events = []
         self.arm_times = [] if arm_times is None else arm_times
@@ -90,7 +108,10 @@ class Slot:
                 f.wait(["peer-connected"], 3600)
             except FowlError as e:
                 self.events.append(str(e))
-                f.kill()
+                if self.gentle:
+                    gentle_close(f)
+                else:
+                    f.kill()
                 time.sleep(0.2)
                 continue
             # Serve this one connection in the background, then close it.
@@ -107,6 +128,10 @@ class Slot:
 
     def _finish(self, f):
         try:
+            if self.gentle:
+                # A peer that never opens a stream (another client that took our
+                # code, or one that gave up) is dropped after 3 s.
+                f.wait(["incoming-connection"], 3)
             f.wait(["incoming-done", "incoming-lost"], 600)
         except FowlError as e:
             self.events.append("serving: " + str(e))
@@ -211,6 +236,7 @@ def design_b():
                     res["attempts"] += 1
                 try:
                     _, s, c = client_once(code, timeout=10)
+                    t_first = time.monotonic()
                     client_close(s, c)
                     ok = True
                     break
@@ -219,7 +245,7 @@ def design_b():
                         res["attempt_failures"].append(str(e)[:120])
             with lock:
                 if ok:
-                    res["ttfb_s"].append(time.monotonic() - t0)
+                    res["ttfb_s"].append(t_first - t0)
                 else:
                     res["connection_failures"] += 1
 
@@ -234,6 +260,102 @@ def design_b():
     res["slot_events"] = [e[:120] for s in slots for e in s.events]
     res["fowld_errors"] = stderr_errors()
     R["b"] = res
+    say(json.dumps(res, indent=1))
+
+
+def client_chosen(code):
+    """The chosen design's connect sequence for one slot: bounded waits, a peer
+    that is not a listener detected, the first-connection race retried once."""
+    t0 = time.monotonic()
+    c = new_fowld("client")
+    try:
+        c.wait(["welcome"], 30)
+        c.send(kind="set-code", code=code)
+        c.send(kind="local", name="annex", bind_interface="127.0.0.1")
+        port, end = None, time.monotonic() + 5
+        while port is None:
+            left = end - time.monotonic()
+            m = c.wait(["peer-connected", "listening"], max(left, 0.01))
+            if m["kind"] == "peer-connected":
+                # A listener's `remote` makes our `listening` follow at once;
+                # none within 2 s: the peer is another client with our code.
+                end = m["_t"] + 2
+            else:
+                port = m["listening_port"]
+        for attempt in (1, 2):
+            s = client_connect(port, 20)
+            try:
+                echo(s)
+                return time.monotonic() - t0, s, c, attempt
+            except EOFError:
+                s.close()
+                if attempt == 2:
+                    raise
+    except Exception:
+        gentle_close(c)
+        raise
+
+
+def design_b2():
+    """The chosen design: K = 8 slots, 4 clients at once, client_chosen(), slots
+    closed gently and re-armed."""
+    k, w, per = 8, 4, max(1, ARGS.n // 10)
+    say("== design b2 (chosen): %d slots, %d concurrent clients x %d connections" % (k, w, per))
+    secret = os.urandom(32)
+    codes = [derive_code(secret, j) for j in range(k)]
+    slots = [Slot(code, "K%d" % j, gentle=True) for j, code in enumerate(codes)]
+    res = {"ttfb_s": [], "attempt_failures": [], "connection_failures": [], "attempts": 0,
+           "race_retries": 0, "close_s": []}
+    lock = threading.Lock()
+
+    def worker(wid):
+        rnd = random.Random(1000 + wid)
+        for _ in range(per):
+            order = codes[:]
+            rnd.shuffle(order)
+            t0 = time.monotonic()
+            err = None
+            for code in order:
+                with lock:
+                    res["attempts"] += 1
+                try:
+                    _, s, c, attempt = client_chosen(code)
+                    t_first = time.monotonic()
+                    if attempt == 2:
+                        with lock:
+                            res["race_retries"] += 1
+                    if ARGS.mib and wid == 0 and not res.get("upload_s"):
+                        res["upload_s"] = upload(s, ARGS.mib << 20)
+                        res["download_s"] = download(s, ARGS.mib << 20)
+                    t_close = time.monotonic()
+                    client_close(s, c)
+                    with lock:
+                        res["close_s"].append(time.monotonic() - t_close)
+                    err = None
+                    break
+                except Exception as e:
+                    err = str(e)[:120] or type(e).__name__
+                    with lock:
+                        res["attempt_failures"].append(err)
+            with lock:
+                if err is None:
+                    res["ttfb_s"].append(t_first - t0)
+                else:
+                    res["connection_failures"].append(err)
+
+    ts = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(w)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(900)
+    res["rss_waiting_slots_kib"] = sum(s.waiting.rss() for s in slots if s.waiting)
+    for s in slots:
+        s.close()
+    res["ttfb_incl_retries"] = summary(res.pop("ttfb_s"))
+    res["client_close"] = summary(res.pop("close_s"))
+    res["slot_events"] = [e[:120] for s in slots for e in s.events]
+    res["fowld_errors"] = stderr_errors()
+    R["b2"] = res
     say(json.dumps(res, indent=1))
 
 
@@ -405,7 +527,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("venv")
     ap.add_argument("out")
-    ap.add_argument("--designs", default="c,a,b,nameplates")
+    ap.add_argument("--designs", default="c,a,b,b2,nameplates")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--mib", type=int, default=64)
     ap.add_argument("--streams", default="UDUD", help="design c: concurrent 16 MiB streams, U up D down")
@@ -429,7 +551,7 @@ def main():
         f.kill()
         del t
         for d in ARGS.designs.split(","):
-            {"a": design_a, "b": design_b, "c": design_c, "nameplates": nameplates}[d]()
+            {"a": design_a, "b": design_b, "b2": design_b2, "c": design_c, "nameplates": nameplates}[d]()
         R["rss_mailbox_kib"] = __import__("fowllib").rss_kib(mb.pid)
     finally:
         Reaper.close_all()
