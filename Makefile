@@ -265,6 +265,26 @@ first-hour:
 	tests/tools/first-hour.sh
 # --- end the first hour -------------------------------------------------------
 
+# --- the fowl study (issue 17) ----------------------------------------------
+# Measures the candidate designs of a fowl netname (doc/networks/fowl.md) on
+# loopback inside a network namespace with loopback only; installs fowl and
+# the mailbox server from PyPI into target/fowl-venv. Then real git-annex over
+# the prototype helper: 10 fetch/push rounds and a sync --content. Needs root.
+# Not part of check: it times things (about 20 minutes). Results in
+# target/fowl-study/ and on the terminal.
+.PHONY: fowl-study
+FOWL_STUDY_DIR = $(TARGET_DIR)/fowl-study
+fowl-study: git-annex
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/stock
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/nodelay --designs c,a,b2 --n 40 --nodelay
+	tests/tools/fowl/run-study.sh $(FOWL_STUDY_DIR)/streams --designs c --n 3 --mib 0 --streams UDUD
+	@if ! command -v git-annex >/dev/null 2>&1; then \
+		PATH="$(abspath $(GIT_ANNEX_DIR))/bin:$$PATH"; \
+		MAGIC="$(abspath $(GIT_ANNEX_DIR))/py/git_annex/magic.mgc"; export PATH MAGIC; fi; \
+	tests/tools/fowl/run-annex.sh 10 -v --workaround --timeout 40 && \
+	tests/tools/fowl/run-sync.sh 64
+# --- end the fowl study ----------------------------------------------------
+
 # p2p-annex against socat helpers, side by side; writes target/bench/results.md
 # (see BENCHMARKS.md). Not part of check: it times things. QUICK=1 for a
 # quick look with smaller sizes.
