@@ -212,3 +212,39 @@ fn bad_configuration_values_name_the_key() {
         "p2p-annex: tcp: p2p-annex.tcp.port: bad value \"http\" (expected a port, 1-65535)\n"
     );
 }
+
+/// unix-sockets and onion peers have no address of their own to judge: an
+/// allow-list there is a mistake, refused before anything listens.
+#[test]
+fn an_allow_list_is_refused_where_peers_have_no_address() {
+    let home = TempDir::new("allow-refused");
+    let socket = home.path().join("annex.sock");
+    std::fs::write(&socket, b"").expect("a stand-in socket file");
+    for (netname, address, why) in [
+        (
+            "unix-sockets",
+            "abcdef0123",
+            "unix-sockets peers have no network address",
+        ),
+        (
+            "onion",
+            "aaaa.onion:5599",
+            "onion peers all arrive from tor, on loopback",
+        ),
+    ] {
+        let (status, _, stderr) = run(p2p(home.path())
+            .args([netname, address])
+            .arg(&socket)
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", format!("p2p-annex.{netname}.allow"))
+            .env("GIT_CONFIG_VALUE_0", "10.0.0.0/8"));
+        assert_eq!(status.code(), Some(1), "{netname}: {stderr}");
+        assert!(
+            stderr.ends_with(&format!(
+                "p2p-annex: {netname}: p2p-annex.{netname}.allow: bad value \"10.0.0.0/8\" \
+                 (expected nothing: {why})\n"
+            )),
+            "{netname}: {stderr}"
+        );
+    }
+}

@@ -298,6 +298,23 @@ fn listen_on(
     (transport.listen)(cfg, &address, &opts, socket, log)
 }
 
+/// Refuse an allow-list where peers have no address of their own to judge
+/// (`why` says why, for the message).
+pub(crate) fn refuse_allow_list(
+    cfg: &Config,
+    opts: &listen::Options,
+    why: &str,
+) -> Result<(), Error> {
+    if opts.allow.is_empty() {
+        return Ok(());
+    }
+    Err(cfg.bad_value(
+        "allow",
+        &cfg.get_all("allow").join(" "),
+        &format!("nothing: {why}"),
+    ))
+}
+
 /// Connect mode sets the user timeout of a TCP connection from
 /// configuration; an error is a bad value.
 pub(crate) fn apply_user_timeout(sock: &impl std::os::fd::AsFd, cfg: &Config) -> Result<(), Error> {

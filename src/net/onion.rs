@@ -69,13 +69,7 @@ fn listen_on(
     socket: &Path,
     log: &Arc<Log>,
 ) -> Result<(), Error> {
-    if !opts.allow.is_empty() {
-        return Err(cfg.bad_value(
-            "allow",
-            &cfg.get_all("allow").join(" "),
-            "nothing: onion peers all arrive from tor, on loopback",
-        ));
-    }
+    super::refuse_allow_list(cfg, opts, "onion peers all arrive from tor, on loopback")?;
     let local = listener(cfg, address.host_port()?, log)?;
     listen::serve(
         vec![Endpoint::Ready(Listener::Tcp(local))],

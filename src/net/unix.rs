@@ -291,13 +291,7 @@ fn listen_on(
     socket: &Path,
     log: &Arc<Log>,
 ) -> Result<(), Error> {
-    if !opts.allow.is_empty() {
-        return Err(cfg.bad_value(
-            "allow",
-            &cfg.get_all("allow").join(" "),
-            "nothing: unix-sockets peers have no network address",
-        ));
-    }
+    super::refuse_allow_list(cfg, opts, "unix-sockets peers have no network address")?;
     let path = path(cfg, address.token()?)?;
     let listener = listener(&path)?;
     let bound = Bound::new(&path);
