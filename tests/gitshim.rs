@@ -303,16 +303,7 @@ fn upload_pack_and_receive_pack_pass_output_and_status_through() {
 fn a_service_ends_only_once_its_output_was_read() {
     let r = setup("shim-drain");
     let repo = r.repo.to_str().expect("utf-8 path");
-    let mut proc = Proc::spawn(
-        git(
-            &r.shim,
-            &r.home,
-            &r.repo,
-            &["upload-pack", "--advertise-refs", repo],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped()),
-    );
+    let mut proc = advertise_refs_through_the_shim(&r, repo);
     // upload-pack is done at once; its advertisement sits in the pipe.
     // The shim must NOT end while nobody has read it.
     assert!(
@@ -332,16 +323,7 @@ fn a_service_ends_only_once_its_output_was_read() {
 fn a_service_whose_output_is_never_read_still_ends() {
     let r = setup("shim-drain-bound");
     let repo = r.repo.to_str().expect("utf-8 path");
-    let mut proc = Proc::spawn(
-        git(
-            &r.shim,
-            &r.home,
-            &r.repo,
-            &["upload-pack", "--advertise-refs", repo],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped()),
-    );
+    let mut proc = advertise_refs_through_the_shim(&r, repo);
     let start = Instant::now();
     let status = proc.expect_exit(Duration::from_secs(40));
     assert!(status.success(), "{status:?}");
@@ -355,16 +337,7 @@ fn a_service_whose_output_is_never_read_still_ends() {
 fn a_service_whose_reader_went_away_ends_at_once() {
     let r = setup("shim-drain-gone");
     let repo = r.repo.to_str().expect("utf-8 path");
-    let mut proc = Proc::spawn(
-        git(
-            &r.shim,
-            &r.home,
-            &r.repo,
-            &["upload-pack", "--advertise-refs", repo],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped()),
-    );
+    let mut proc = advertise_refs_through_the_shim(&r, repo);
     // The advertisement is written, then the reader closes its end unread
     // (git-annex does so when the peer is gone): nothing left to wait for.
     std::thread::sleep(Duration::from_millis(300));
@@ -471,4 +444,19 @@ fn never_runs_itself_or_another_shim() {
         &["upload-pack", "--advertise-refs", repo],
         b"",
     );
+}
+
+/// `upload-pack --advertise-refs` through the shim, its output in a pipe
+/// nobody reads yet.
+fn advertise_refs_through_the_shim(r: &Repo, repo: &str) -> Proc {
+    Proc::spawn(
+        git(
+            &r.shim,
+            &r.home,
+            &r.repo,
+            &["upload-pack", "--advertise-refs", repo],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped()),
+    )
 }

@@ -70,14 +70,7 @@ fn a_planted_socket_is_refused_and_gets_no_byte() {
     let planted = shared.join(token);
     // The attacker listens where the victim will connect; socat opens its
     // output file only once a client connects.
-    let mut attacker = Proc::spawn(
-        mallory
-            .command("socat")
-            .arg("-u")
-            .arg(format!("UNIX-LISTEN:{}", planted.display()))
-            .arg(format!("CREATE:{}", loot.join("got").display()))
-            .stdin(Stdio::null()),
-    );
+    let mut attacker = attacker_socket(&mallory, &planted, &loot);
     assert!(
         wait_until(DEADLINE, || planted.exists()),
         "socat did not listen"
@@ -129,14 +122,7 @@ fn a_planted_socket_is_refused_and_gets_no_byte() {
     std::fs::remove_file(loot.join("got")).expect("rm");
     // Now root's, in a sticky directory: socat could not remove it.
     let _ = std::fs::remove_file(&planted);
-    let mut attacker = Proc::spawn(
-        mallory
-            .command("socat")
-            .arg("-u")
-            .arg(format!("UNIX-LISTEN:{}", planted.display()))
-            .arg(format!("CREATE:{}", loot.join("got").display()))
-            .stdin(Stdio::null()),
-    );
+    let mut attacker = attacker_socket(&mallory, &planted, &loot);
     assert!(
         wait_until(DEADLINE, || std::fs::symlink_metadata(&planted)
             .is_ok_and(|m| m.uid() == mallory.uid)),
@@ -915,4 +901,17 @@ fn a_newline_in_the_listen_address_cannot_forge_a_log_line() {
         first.ends_with(&format!(" for 127.0.0.1:1\\n{forged} (log: stderr)")),
         "{first}"
     );
+}
+
+/// The attacker's socat listening at `planted`, writing whatever a victim
+/// sends into `loot/got` (opened only once a client connects).
+fn attacker_socket(mallory: &Account, planted: &Path, loot: &Path) -> Proc {
+    Proc::spawn(
+        mallory
+            .command("socat")
+            .arg("-u")
+            .arg(format!("UNIX-LISTEN:{}", planted.display()))
+            .arg(format!("CREATE:{}", loot.join("got").display()))
+            .stdin(Stdio::null()),
+    )
 }
