@@ -270,6 +270,28 @@ fn watch(
     }
 }
 
+/// For `check`: fowld starts and reaches the mailbox of `address` (as
+/// git-annex stores it); how long that took.
+pub fn probe(cfg: &Config, address: &str) -> Result<Duration, Error> {
+    let decoded = crate::addr::decode_arg(address.as_bytes())?;
+    let address = fowlcode::Address::parse(&decoded).map_err(Error::Usage)?;
+    let program = fowld::program(cfg);
+    let started = Instant::now();
+    let fowld = Fowld::spawn(&program, &address.mailbox).map_err(|e| spawn_error(&program, e))?;
+    let reached = fowld.wait_for(started + dial::WELCOME_WAIT, |e| *e == Event::Welcome);
+    let took = started.elapsed();
+    fowld.terminate();
+    match reached {
+        Next::Event(Event::Welcome) => Ok(took),
+        Next::Timeout => Err(fowl_error(&address, "the mailbox did not answer".into())),
+        Next::Gone => Err(fowl_error(&address, "fowld exited at once".into())),
+        Next::Event(e) => Err(fowl_error(
+            &address,
+            format!("cannot reach the mailbox ({})", dial::describe_final(&e)),
+        )),
+    }
+}
+
 /// Listen mode: our loopback listener, where each slot's fowld brings its
 /// stream, served by the usual listener; the slots kept armed beside it.
 fn listen_on(
