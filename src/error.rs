@@ -25,6 +25,9 @@ pub enum Error {
     /// Tor's control port failed us: refused our authentication, broke the
     /// protocol, or refused a command. `problem` never holds a secret.
     Tor { control: String, problem: String },
+    /// fowl failed us: no mailbox, no listener answered, the wormhole or
+    /// fowld broke. `problem` never holds the secret or a code.
+    Fowl { mailbox: String, problem: String },
     /// Could not set up a listening socket.
     Bind { target: String, cause: io::Error },
     /// The relay failed after the connection was made.
@@ -82,6 +85,7 @@ impl fmt::Display for Error {
             }
             Error::Proxy { proxy, problem } => write!(f, "proxy {proxy}: {problem}"),
             Error::Tor { control, problem } => write!(f, "tor control port {control}: {problem}"),
+            Error::Fowl { mailbox, problem } => write!(f, "mailbox {mailbox}: {problem}"),
             Error::Bind { target, cause } => {
                 write!(f, "cannot listen on {target}: {}", describe(cause))
             }

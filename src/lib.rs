@@ -10,6 +10,8 @@
 // Pure: parsing and formatting, no I/O.
 pub mod addr;
 pub mod allow;
+pub mod fowlcode;
+pub mod fowlproto;
 pub mod sha256;
 pub mod socks5;
 pub mod text;
@@ -37,6 +39,7 @@ pub mod auth;
 mod listen;
 mod log;
 mod mover;
+mod private_file;
 mod procs;
 mod relay;
 mod trust;

@@ -19,6 +19,7 @@
 //! it. Docs: README, man/p2p-annex.1 and a man page of its own, and
 //! `make install`'s links (Makefile).
 
+pub mod fowl;
 pub mod onion;
 pub mod socks;
 pub mod tcp;
@@ -48,6 +49,7 @@ pub const TRANSPORTS: &[&Transport] = &[
     &socks::TRANSPORT,
     &unix::TRANSPORT,
     &onion::TRANSPORT,
+    &fowl::TRANSPORT,
 ];
 
 /// What a transport does. Its functions get the address already parsed
@@ -60,6 +62,10 @@ pub struct Transport {
     /// Reach a peer. `cap` bounds the time it may take (`check`); None is
     /// connect mode, which also sets the socket's user timeout.
     pub connect: fn(&LazyConfig, &Address, Option<Duration>) -> Result<OwnedFd, Error>,
+    /// Connect mode, when the transport relays stdin and stdout itself
+    /// (fowl watches its wormhole beside the relay); None: `connect`, then
+    /// the common relay.
+    pub connect_stdio: Option<ConnectStdio>,
     /// Address mode: the lines to print.
     pub addresses: fn(&mut Config) -> Result<Vec<String>, Error>,
     /// Listen mode: serve peers at the address, relaying each to `socket`,
@@ -69,6 +75,10 @@ pub struct Transport {
     /// advice about the peer itself.
     pub reach_fix: fn(&Config, &str) -> String,
 }
+
+/// Connect mode of a transport that relays itself: (its configuration,
+/// the address).
+pub type ConnectStdio = fn(&LazyConfig, &Address) -> Result<(), Error>;
 
 /// Listen mode of a transport: (its configuration, the address, the
 /// listener's options, git-annex's socket, the log).
@@ -87,6 +97,8 @@ pub enum Form {
     HostPort,
     /// A token naming a socket file.
     Token,
+    /// `<secret>@<mailbox URL>` (`fowlcode`).
+    Fowl,
 }
 
 /// An address in its transport's form.
@@ -94,6 +106,7 @@ pub enum Form {
 pub enum Address {
     HostPort(HostPort),
     Token(String),
+    Fowl(crate::fowlcode::Address),
 }
 
 impl Form {
@@ -102,7 +115,19 @@ impl Form {
         Ok(match self {
             Form::HostPort => Address::HostPort(HostPort::parse(address)?),
             Form::Token => Address::Token(addr::parse_token(address)?.to_string()),
+            Form::Fowl => {
+                Address::Fowl(crate::fowlcode::Address::parse(address).map_err(Error::Usage)?)
+            }
         })
+    }
+
+    /// An address of this form as logs, `status` and messages may show
+    /// it: a fowl address's secret is replaced by a fingerprint.
+    pub fn shown(self, address: &str) -> String {
+        match self {
+            Form::Fowl => crate::fowlcode::shown(address),
+            Form::HostPort | Form::Token => address.to_string(),
+        }
     }
 }
 
@@ -112,6 +137,10 @@ impl Address {
         match self {
             Address::HostPort(hp) => Ok(hp),
             Address::Token(t) => Err(Error::Usage(format!("{t:?} is not a HOST:PORT address"))),
+            Address::Fowl(a) => Err(Error::Usage(format!(
+                "{} is not a HOST:PORT address",
+                a.shown()
+            ))),
         }
     }
 
@@ -120,6 +149,15 @@ impl Address {
         match self {
             Address::Token(t) => Ok(t),
             Address::HostPort(hp) => Err(Error::Usage(format!("{hp} is not a token"))),
+            Address::Fowl(a) => Err(Error::Usage(format!("{} is not a token", a.shown()))),
+        }
+    }
+
+    /// The address of a `Form::Fowl` transport.
+    pub fn fowl(&self) -> Result<&crate::fowlcode::Address, Error> {
+        match self {
+            Address::Fowl(a) => Ok(a),
+            other => Err(Error::Usage(format!("{other:?} is not a fowl address"))),
         }
     }
 }
@@ -228,6 +266,9 @@ pub fn run(netname: &str, mode: Mode) -> Result<(), Error> {
                 None => Transport::for_netname(cfg.get()?)?,
             };
             let address = transport.form.parse(&decode(&address)?)?;
+            if let Some(connect_stdio) = transport.connect_stdio {
+                return connect_stdio(&cfg, &address);
+            }
             let peer = (transport.connect)(&cfg, &address, None)?;
             relay_stdio(End::Socket(peer))
         }
@@ -272,7 +313,7 @@ fn serve(transport: &Transport, cfg: &Config, address: &OsStr, socket: &Path) ->
     log.line(format_args!(
         "starting p2p-annex {} for {} (log: {})",
         env!("CARGO_PKG_VERSION"),
-        address.to_string_lossy(),
+        transport.form.shown(&address.to_string_lossy()),
         log.destination()
     ));
     let result = listen_on(transport, cfg, address, socket, git_dir.as_deref(), &log);
@@ -293,7 +334,7 @@ fn listen_on(
     let address = decode(address)?;
     let control: Option<PathBuf> =
         git_dir.map(|dir| crate::control::socket_path(dir, cfg.netname()));
-    let opts = listen::Options::from_config(cfg, &address, control)?;
+    let opts = listen::Options::from_config(cfg, &transport.form.shown(&address), control)?;
     let address = transport.form.parse(&address)?;
     (transport.listen)(cfg, &address, &opts, socket, log)
 }

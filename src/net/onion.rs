@@ -6,11 +6,10 @@
 //! restarts; connect mode goes through tor's SOCKS port with the `socks`
 //! transport's code. The protocol itself is in `torcontrol`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use crate::error::{Error, describe};
 use crate::listen::{self, Endpoint, Listener};
 use crate::log::Log;
 use crate::net::{socks, tcp, unix};
+use crate::private_file::{create_private, read_small};
 use crate::torcontrol::{self as tc, Key, ProtoError, Reply};
 
 /// Where Debian's system tor puts its control socket, then tor's usual
@@ -49,6 +49,7 @@ pub const TRANSPORT: Transport = Transport {
         }
         Ok(sock)
     },
+    connect_stdio: None,
     addresses,
     listen: listen_on,
     reach_fix: |cfg, peer| {
@@ -402,42 +403,6 @@ pub fn files(cfg: &Config) -> Result<Files, Error> {
         key: dir.join(format!("p2p-annex.{n}.key")),
         id: dir.join(format!("p2p-annex.{n}.id")),
     })
-}
-
-/// A new file, 0600, never through a symlink, never over an existing file.
-fn create_private(path: &Path, text: &str) -> Result<(), Error> {
-    let what = || format!("cannot create {}", path.display());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(what(), e))?;
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io(what(), e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(what(), e))
-}
-
-fn read_small(path: &Path) -> Result<Option<String>, Error> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path);
-    let mut f = match f {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-    };
-    let mut s = String::new();
-    Read::by_ref(&mut f)
-        .take(4096)
-        .read_to_string(&mut s)
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    Ok(Some(s))
 }
 
 /// The stored key; its content never enters a message.

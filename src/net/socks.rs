@@ -344,6 +344,7 @@ pub const TRANSPORT: Transport = Transport {
     name: "socks",
     form: Form::HostPort,
     connect: connect_peer,
+    connect_stdio: None,
     addresses: |cfg| addresses(cfg),
     listen: |cfg, address, opts, socket, log| {
         tcp::serve_endpoints(endpoints(cfg, address.host_port()?)?, opts, socket, log)

@@ -271,6 +271,7 @@ pub const TRANSPORT: Transport = Transport {
             cap.map_or(timeout, |c| timeout.min(c)),
         )
     },
+    connect_stdio: None,
     addresses: |_| Ok(vec![new_token()]),
     listen: listen_on,
     reach_fix: |cfg, peer| {

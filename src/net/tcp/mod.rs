@@ -24,6 +24,7 @@ pub const TRANSPORT: Transport = Transport {
     name: "tcp",
     form: Form::HostPort,
     connect: connect_peer,
+    connect_stdio: None,
     addresses,
     listen: |cfg, address, opts, socket, log| {
         serve_endpoints(endpoints(cfg, address.host_port()?)?, opts, socket, log)
