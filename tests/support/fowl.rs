@@ -409,23 +409,32 @@ impl Fowld {
         writeln!(self.stdin, "{json}").expect("write to fowld");
     }
 
-    /// The next line whose `kind` is `kind`; panics with what came instead
-    /// if none does within `within`.
-    pub fn expect(&mut self, kind: &str, within: Duration) -> String {
-        let needle = format!("\"kind\": \"{kind}\"");
+    /// One line of each kind in `kinds`, in any order (fowld's events of
+    /// its two halves interleave), in the order of `kinds`; panics with
+    /// what came instead if they do not all come within `within`.
+    pub fn expect(&mut self, kinds: &[&str], within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
+        let mut found: Vec<Option<String>> = vec![None; kinds.len()];
         let mut seen = Vec::new();
-        loop {
+        while found.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.replace("\":\"", "\": \"").contains(&needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!(
-                    "fowld said no {kind:?} within {within:?}; it said:\n{}",
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "fowld said no {kinds:?} within {within:?}; it said:\n{}",
                     seen.join("\n")
-                ),
+                );
+            };
+            let normal = line.replace("\":\"", "\": \"");
+            if let Some(i) = kinds
+                .iter()
+                .position(|k| normal.contains(&format!("\"kind\": \"{k}\"")))
+            {
+                found[i].get_or_insert(line);
+            } else {
+                seen.push(line);
             }
         }
+        found.into_iter().flatten().collect()
     }
 }
 
