@@ -750,6 +750,33 @@ fn fowl_relays_16_mib_both_ways_then_10_connections_in_a_row() {
     );
     assert_eq!(listener.accepted.load(Ordering::SeqCst), 11);
     assert!(listener.alive(), "the listener exited");
+    // Connect mode's fowld went with each connection: only the slots remain.
+    let listener_pid = listener.pid();
+    let strays = || -> Vec<u32> {
+        net.fowld_pids()
+            .into_iter()
+            .filter(|&p| fowl::ppid(p) != Some(listener_pid))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || strays().is_empty()),
+        "fowld processes outlive connect mode: {:?}",
+        strays()
+    );
+
+    // Its socket file removed (git-annex's remotedaemon gone): the listener
+    // exits and takes its fowld along.
+    std::fs::remove_file(dir.path().join("annex.sock")).unwrap();
+    let ended = listener.proc.wait_timeout(Duration::from_secs(30));
+    assert!(
+        ended.is_some(),
+        "the listener runs on without its socket file"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || net.fowld_pids().is_empty()),
+        "fowld processes outlive the listener: {:?}",
+        net.fowld_pids()
+    );
     let log = listener.log().join("\n");
     assert!(!log.is_empty(), "the listener logged nothing");
     assert_no_secret(&log, &secret, "the listener's log");
@@ -875,13 +902,23 @@ fn fowl_serving_fowld_killed_mid_transfer() {
         .unwrap_or_else(|e| panic!("the connection after the kill: {e}"));
     eprintln!("fowl: next connection served, setup {}", secs(next.setup));
     assert_no_secret(&listener.log().join("\n"), &secret, "the listener's log");
+
+    // The listener itself SIGKILLed: its fowld children go too
+    // (PR_SET_PDEATHSIG), none is left holding a slot.
+    let _ = listener.proc.child.kill();
+    let _ = listener.proc.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(15), || net.fowld_pids().is_empty()),
+        "fowld processes outlive a SIGKILLed listener: {:?}",
+        net.fowld_pids()
+    );
 }
 
-/// Malformed addresses (exit 2) and a missing fowld (exit 1, naming the
-/// key): one line each, at once, never echoing the secret.
+/// Malformed addresses: exit 2 and one line, at once, in connect and
+/// listen modes, never echoing the secret, starting no fowld.
 #[test]
-fn fowl_bad_address_and_missing_fowld_are_one_line_errors() {
-    if !root_or_skip("fowl_bad_address_and_missing_fowld_are_one_line_errors") {
+fn fowl_bad_addresses_are_one_line_usage_errors() {
+    if !root_or_skip("fowl_bad_addresses_are_one_line_usage_errors") {
         return;
     }
     let net = FowlNet::start();
@@ -935,8 +972,18 @@ fn fowl_bad_address_and_missing_fowld_are_one_line_errors() {
         }
     }
     assert!(net.fowld_pids().is_empty(), "a bad address started fowld");
+}
 
-    // fowld missing: connect mode says which key to set.
+/// fowld missing: connect mode fails at once, exit 1, one line that names
+/// the key to set.
+#[test]
+fn fowl_missing_fowld_names_the_key() {
+    if !root_or_skip("fowl_missing_fowld_names_the_key") {
+        return;
+    }
+    let net = FowlNet::start();
+    let cfg = config(&net);
+    let dir = repo("fowl-nofowld");
     let missing = vec![
         (
             "p2p-annex.fowl.fowld".to_string(),
