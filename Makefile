@@ -16,6 +16,7 @@ CARGOFLAGS ?=
 
 # Netnames installed as links to the binary (git-annex-p2p-NETNAME).
 NETNAMES = tcp socks unix-sockets onion
+NETNAMES += fowl
 MANPAGES = $(wildcard man/*.1)
 # dist/ source, installed path, mode; @BINDIR@ in them becomes $(BINDIR).
 SERVICE_FILES = \

@@ -113,6 +113,20 @@ pub fn known_secrets(git_dir: &Path) -> Vec<Vec<u8>> {
             secrets.extend(bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec));
         }
     }
+    // The secrets of fowl addresses (`net::fowl`).
+    for entry in std::fs::read_dir(git_dir.join("annex"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("p2p-annex.") && name.ends_with(".secret") {
+            if let Ok(bytes) = std::fs::read(entry.path()) {
+                secrets.extend(bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+            }
+        }
+    }
     secrets.retain(|s| s.len() >= MIN_SECRET && s.iter().all(u8::is_ascii_graphic));
     secrets
 }

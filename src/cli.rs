@@ -35,8 +35,9 @@ Usage:
 Netnames: tcp (plaintext: only over an encrypting overlay such as WireGuard,
 Yggdrasil or Tailscale, or a LAN you trust), socks (through a SOCKS5 proxy:
 yggstack, Tor, I2P, ssh -D), unix-sockets, onion (Tor onion services made
-through tor's control port, no root), and any name with
-`git config p2p-annex.NAME.transport tcp|socks|unix-sockets|onion` (but
+through tor's control port, no root), fowl (magic-wormhole through fowl's
+fowld), and any name with
+`git config p2p-annex.NAME.transport tcp|socks|unix-sockets|onion|fowl` (but
 check and status and serve, which are commands).
 
 Configuration is git config p2p-annex.NETNAME.KEY, for example:
@@ -58,13 +59,17 @@ Configuration is git config p2p-annex.NETNAME.KEY, for example:
   p2p-annex.onion.port           virtual port (picked and stored when unset)
   p2p-annex.onion.proxy          tor's SOCKS port, default 127.0.0.1:9050
   p2p-annex.onion.connect-timeout  default 60s
+  p2p-annex.fowl.mailbox         magic-wormhole mailbox URL for address mode,
+                                 default ws://relay.magic-wormhole.io:4000/v1
+  p2p-annex.fowl.fowld           fowl's fowld program, default fowld on PATH
   p2p-annex.unix-sockets.dir     socket directory, default private:
                                  $XDG_RUNTIME_DIR/p2p-annex or /tmp/p2p-annex-UID
   p2p-annex.unix-sockets.trust-uid  another user whose sockets we use
   p2p-annex.unix-sockets.connect-timeout  default 30s
   p2p-annex.NETNAME.allow        peer network allowed in (CIDR; may repeat)
   p2p-annex.NETNAME.max-connections  default 100
-  p2p-annex.NETNAME.idle-timeout close idle connections after this; default never
+  p2p-annex.NETNAME.idle-timeout close idle connections after this; default
+                                 never (fowl: 10m)
   p2p-annex.NETNAME.log          listener log (default .git/annex/ when
                                  stderr is /dev/null)
 

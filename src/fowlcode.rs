@@ -106,6 +106,12 @@ pub fn shown(text: &str) -> String {
     }
 }
 
+/// The secret part of a fowl address, as written, for redaction.
+pub fn secret_text(text: &str) -> Option<&str> {
+    let (secret, _) = text.split_once('@')?;
+    unhex(secret).map(|_| secret)
+}
+
 /// The window of a moment (seconds since the epoch).
 pub fn window_at(unix_secs: u64) -> u64 {
     unix_secs / WINDOW_SECS

@@ -69,8 +69,6 @@ pub enum Event {
     Error {
         message: String,
     },
-    /// The answer to a `ping`.
-    Pong,
     /// `bytes-in`/`bytes-out`: one per chunk relayed, nothing to act on.
     Bytes,
     /// Anything else: another kind, or a line that is not a JSON object
@@ -138,7 +136,6 @@ pub fn parse_line(line: &[u8]) -> Event {
         "error" => Event::Error {
             message: text("message"),
         },
-        "pong" => Event::Pong,
         "bytes-in" | "bytes-out" => Event::Bytes,
         _ => Event::Other,
     }
@@ -191,12 +188,6 @@ pub fn remote(name: &str, port: u16) -> Vec<u8> {
 /// peer; this releases the nameplate on the mailbox.
 pub fn session_close(timeout_secs: u64) -> Vec<u8> {
     command("session-close", &[("timeout", Json::Int(timeout_secs))])
-}
-
-/// `ping`: fowld answers `pong` when the peer answers over the dilated
-/// connection.
-pub fn ping(id: u64) -> Vec<u8> {
-    command("ping", &[("ping_id", Json::Int(id))])
 }
 
 enum Json<'a> {

@@ -93,11 +93,11 @@ fn unknown_netname_says_how_to_configure_it() {
     let (status, _, stderr) = run(helper(&link, home.path()).arg("address"));
     assert_eq!(status.code(), Some(2));
     assert!(
-        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets, or onion)"),
+        stderr.starts_with("p2p-annex: myygg: unknown netname \"myygg\": set its transport with `git config p2p-annex.myygg.transport socks` (or tcp, or unix-sockets, or onion, or fowl)"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion)"),
+        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion, fowl)"),
         "{stderr}"
     );
     // A typo of a netname that is configured: the message names it.
@@ -108,7 +108,7 @@ fn unknown_netname_says_how_to_configure_it() {
         .env("GIT_CONFIG_VALUE_0", "socks"));
     assert_eq!(status.code(), Some(2));
     assert!(
-        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion, myyggdrasil)"),
+        stderr.contains("(netnames here: tcp, socks, unix-sockets, onion, fowl, myyggdrasil)"),
         "{stderr}"
     );
 }
@@ -213,7 +213,7 @@ fn bad_configuration_values_name_the_key() {
     );
 }
 
-/// unix-sockets and onion peers have no address of their own to judge: an
+/// unix-sockets, onion and fowl peers have no address of their own to judge: an
 /// allow-list there is a mistake, refused before anything listens.
 #[test]
 fn an_allow_list_is_refused_where_peers_have_no_address() {
@@ -230,6 +230,11 @@ fn an_allow_list_is_refused_where_peers_have_no_address() {
             "onion",
             "aaaa.onion:5599",
             "onion peers all arrive from tor, on loopback",
+        ),
+        (
+            "fowl",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f@ws://127.0.0.1:9/v1",
+            "fowl peers all arrive from fowld, on loopback",
         ),
     ] {
         let (status, _, stderr) = run(p2p(home.path())

@@ -195,6 +195,7 @@ fn help_man_readme_and_sources_name_the_same_keys() {
             "man/git-annex-p2p-unix-sockets.1",
         ),
         ("git-annex-p2p-onion(1)", "man/git-annex-p2p-onion.1"),
+        ("git-annex-p2p-fowl(1)", "man/git-annex-p2p-fowl.1"),
     ] {
         let unreal: BTreeSet<String> = keys_in_man(&root().join(page))
             .into_iter()

@@ -56,8 +56,9 @@ impl NetAddr {
         })
     }
 
+    /// As the report shows it: a fowl address without its secret.
     pub fn show(&self) -> String {
-        format!("{}:{}", self.netname, self.address)
+        format!("{}:{}", self.netname, crate::fowlcode::shown(&self.address))
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod address;
 mod facts;
+mod fowl;
 mod local;
 mod md5;
 mod onion;
@@ -58,8 +59,16 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         Ok(repo) => repo,
         Err(check) => return report.add(out, vec![check]),
     };
-    report.redact(crate::auth::known_secrets(&repo.git_dir));
-    let checks: [fn(&Repo) -> Vec<Check>; 10] = [
+    let mut secrets = crate::auth::known_secrets(&repo.git_dir);
+    // Peers' fowl secrets, which their remotes' addresses hold.
+    secrets.extend(
+        repo.remotes
+            .iter()
+            .filter_map(|r| crate::fowlcode::secret_text(&r.address))
+            .map(|s| s.as_bytes().to_vec()),
+    );
+    report.redact(secrets);
+    let checks: [fn(&Repo) -> Vec<Check>; 11] = [
         local::repository,
         local::bad_remotes,
         local::helper_links,
@@ -69,6 +78,7 @@ fn run_checks(report: &mut Report, out: &mut impl Write) -> io::Result<()> {
         serve::sockets,
         serve::listeners,
         onion::tor,
+        fowl::fowld,
         serve::strays,
     ];
     for check in checks {

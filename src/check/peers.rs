@@ -30,7 +30,9 @@ pub fn peer(repo: &Repo, net: &Net, remote: &Remote) -> Vec<Check> {
     };
     let shown = format!(
         "remote {} ({}:{})",
-        remote.name, remote.netname, remote.address
+        remote.name,
+        remote.netname,
+        transport.form.shown(&remote.address)
     );
     if let Some(p) = problem(transport, &remote.address) {
         let what = match p {

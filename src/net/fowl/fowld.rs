@@ -12,6 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -21,6 +22,14 @@ use crate::sys;
 
 /// Every fowld of ours that runs, so a stopping listener can end them all.
 static RUNNING: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+/// Set when the listener stops: no new fowld is started.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Is the process stopping its fowld children?
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 /// How long a gentle close waits before SIGTERM, and SIGTERM before SIGKILL.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -48,6 +57,9 @@ pub struct Fowld {
 impl Fowld {
     /// Start `program --mailbox URL`.
     pub fn spawn(program: &OsStr, mailbox: &str) -> io::Result<Fowld> {
+        if stopping() {
+            return Err(io::Error::other("stopping"));
+        }
         let mut cmd = Command::new(program);
         cmd.arg("--mailbox")
             .arg(mailbox)
@@ -216,6 +228,7 @@ impl Drop for Fowld {
 /// SIGTERM to every fowld of ours, then wait (bounded) until they are gone:
 /// a listener that stops leaves no nameplate claimed.
 pub fn terminate_all(limit: Duration) {
+    STOPPING.store(true, Ordering::SeqCst);
     let pids: Vec<u32> = RUNNING
         .lock()
         .ok()

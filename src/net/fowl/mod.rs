@@ -42,11 +42,6 @@ pub const DEFAULT_MAILBOX: &str = "ws://relay.magic-wormhole.io:4000/v1";
 /// The name of our forward inside each wormhole.
 pub(crate) const SERVICE: &str = "annex";
 
-/// How often a live stream's wormhole is pinged, and how long the peer
-/// may leave pings unanswered before the stream is given up: fowl keeps a
-/// stream open while a dead peer's wormhole waits to reconnect, forever.
-const PING_EVERY: Duration = Duration::from_secs(5);
-
 /// The `fowl` transport (see `net`'s table).
 pub const TRANSPORT: Transport = Transport {
     name: "fowl",
@@ -147,20 +142,11 @@ fn check_stream(
             target: format!("fowld's forward on 127.0.0.1:{}", paired.port),
             cause,
         })?;
-    let peer_silence = crate::net::tcp::user_timeout(cfg)?;
-    let watched = stream
-        .try_clone()
-        .map_err(|e| Error::io("cannot watch the stream", e))?;
     let _ = thread::Builder::new()
         .name("fowl-watch".into())
         .spawn(move || {
             let mut fowld = paired.fowld;
-            let _ = watch(
-                &mut fowld,
-                Some(&watched),
-                peer_silence,
-                &AtomicBool::new(false),
-            );
+            let _ = watch(&mut fowld, None, None, &AtomicBool::new(false));
             fowld.close();
         });
     Ok(OwnedFd::from(stream))
@@ -177,19 +163,28 @@ fn relay_stdio(cfg: &Config, address: &fowlcode::Address) -> Result<(), Error> {
         return Ok(());
     }
     let stream = dial::open_stream(&paired, &first)?;
-    let peer_silence = crate::net::tcp::user_timeout(cfg)?;
+    let idle_limit = idle_limit(cfg)?;
+    let progress = Arc::new(relay::Progress::default());
     let watched = stream
         .try_clone()
         .map_err(|e| Error::io("cannot watch the stream", e))?;
     let stop = Arc::new(AtomicBool::new(false));
     let problem = Arc::new(Mutex::new(None));
     let watcher = {
-        let (stop, problem) = (Arc::clone(&stop), Arc::clone(&problem));
+        let (stop, problem, progress) = (
+            Arc::clone(&stop),
+            Arc::clone(&problem),
+            Arc::clone(&progress),
+        );
         let mut fowld = paired.fowld;
         thread::Builder::new()
             .name("fowl-watch".into())
             .spawn(move || {
-                if let Err(why) = watch(&mut fowld, Some(&watched), peer_silence, &stop) {
+                let idle = idle_limit.map(|limit| Idle {
+                    limit,
+                    progress: &progress,
+                });
+                if let Err(why) = watch(&mut fowld, Some(&watched), idle, &stop) {
                     if let Ok(mut p) = problem.lock() {
                         *p = Some(why);
                     }
@@ -198,7 +193,7 @@ fn relay_stdio(cfg: &Config, address: &fowlcode::Address) -> Result<(), Error> {
             })
             .map_err(|e| Error::io("cannot start a thread", e))?
     };
-    let outcome = relay::run(&End::Stdio, &End::Socket(OwnedFd::from(stream)));
+    let outcome = relay::run_counted(&End::Stdio, &End::Socket(OwnedFd::from(stream)), &progress);
     stop.store(true, Ordering::SeqCst);
     if let Ok(fowld) = watcher.join() {
         fowld.leave();
@@ -211,50 +206,90 @@ fn relay_stdio(cfg: &Config, address: &fowlcode::Address) -> Result<(), Error> {
     }
 }
 
+/// How long a fowl stream may move no byte before it is given up, unless
+/// `idle-timeout` says otherwise. fowl cannot tell a dead peer from a
+/// quiet one: a dilated wormhole whose peer died waits for it to come back,
+/// forever, and so does the stream (fowld reports nothing; its `ping`
+/// fails in fowl 26.8.0, doc/upstream/fowl-concurrent-streams.md). Ten
+/// minutes is longer than git-annex is quiet while the peer checksums a
+/// large file.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+/// The idle limit of a fowl stream: `idle-timeout`, `0` for none.
+fn idle_limit(cfg: &Config) -> Result<Option<Duration>, Error> {
+    Ok(Some(cfg.duration("idle-timeout", DEFAULT_IDLE)?).filter(|d| !d.is_zero()))
+}
+
+/// Bytes a relay moved, to tell an idle stream.
+struct Idle<'a> {
+    limit: Duration,
+    progress: &'a relay::Progress,
+}
+
 /// Watch the wormhole of one live stream until the stream ends (fowld says
-/// so), `stop` is set, or something breaks: then the stream is shut down
-/// and the reason returned. The peer is pinged: a wormhole whose peer died
-/// stays open, waiting for it to come back, and so would the stream.
+/// so) or `stop` is set; a stream that fowld lost, or (`idle`) that moved
+/// no byte for too long, comes back as the reason. An idle stream is shut
+/// down here: fowld would keep it open.
 fn watch(
     fowld: &mut Fowld,
     stream: Option<&TcpStream>,
-    peer_silence: Duration,
+    idle: Option<Idle<'_>>,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let mut heard = Instant::now();
-    let mut next_ping = Instant::now() + PING_EVERY;
-    let mut ping_id: u64 = 0;
-    let result = loop {
-        if stop.load(Ordering::SeqCst) {
-            break Ok(());
-        }
-        let now = Instant::now();
-        if now >= next_ping {
-            ping_id += 1;
-            fowld.send(&crate::fowlproto::ping(ping_id));
-            next_ping = now + PING_EVERY;
-        }
-        if !peer_silence.is_zero() && now.duration_since(heard) > peer_silence {
-            break Err(format!(
-                "the peer stopped answering for {} s",
-                peer_silence.as_secs()
-            ));
-        }
-        match fowld.next(now + Duration::from_millis(200)) {
-            Next::Event(Event::Pong) => heard = Instant::now(),
-            Next::Event(Event::OutgoingDone | Event::IncomingDone) => break Ok(()),
-            Next::Event(Event::OutgoingLost { reason } | Event::IncomingLost { reason }) => {
-                break Err(format!("the stream was lost: {reason}"));
-            }
-            Next::Event(e) if e.is_final() => break Err(dial::describe_final(&e)),
-            Next::Event(_) | Next::Timeout => {}
-            Next::Gone => break Err("fowld exited".into()),
-        }
+    let moved = |i: &Idle<'_>| {
+        i.progress.a_to_b.load(Ordering::Relaxed) + i.progress.b_to_a.load(Ordering::Relaxed)
     };
-    if let (Err(_), Some(stream)) = (&result, stream) {
-        let _ = stream.shutdown(std::net::Shutdown::Both);
+    let mut last = (idle.as_ref().map_or(0, moved), Instant::now());
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(i) = &idle {
+            let now_moved = moved(i);
+            if now_moved != last.0 {
+                last = (now_moved, Instant::now());
+            } else if last.1.elapsed() >= i.limit {
+                if let Some(stream) = stream {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                return Err(format!(
+                    "no byte moved for {} s: the peer is gone or stuck (idle-timeout)",
+                    i.limit.as_secs()
+                ));
+            }
+        }
+        match fowld.next(Instant::now() + Duration::from_millis(200)) {
+            Next::Event(Event::OutgoingDone | Event::IncomingDone) => return Ok(()),
+            Next::Event(Event::OutgoingLost { reason } | Event::IncomingLost { reason }) => {
+                return Err(format!("the stream was lost: {reason}"));
+            }
+            Next::Event(e) if e.is_final() => return Err(dial::describe_final(&e)),
+            Next::Event(_) | Next::Timeout => {}
+            Next::Gone => return Err("fowld exited".into()),
+        }
     }
-    result
+}
+
+/// For `check`: fowld starts and reaches the mailbox of `address` (as
+/// git-annex stores it); how long that took.
+pub fn probe(cfg: &Config, address: &str) -> Result<Duration, Error> {
+    let decoded = crate::addr::decode_arg(address.as_bytes())?;
+    let address = fowlcode::Address::parse(&decoded).map_err(Error::Usage)?;
+    let program = fowld::program(cfg);
+    let started = Instant::now();
+    let fowld = Fowld::spawn(&program, &address.mailbox).map_err(|e| spawn_error(&program, e))?;
+    let reached = fowld.wait_for(started + dial::WELCOME_WAIT, |e| *e == Event::Welcome);
+    let took = started.elapsed();
+    fowld.terminate();
+    match reached {
+        Next::Event(Event::Welcome) => Ok(took),
+        Next::Timeout => Err(fowl_error(&address, "the mailbox did not answer".into())),
+        Next::Gone => Err(fowl_error(&address, "fowld exited at once".into())),
+        Next::Event(e) => Err(fowl_error(
+            &address,
+            format!("cannot reach the mailbox ({})", dial::describe_final(&e)),
+        )),
+    }
 }
 
 /// Listen mode: our loopback listener, where each slot's fowld brings its
@@ -281,12 +316,15 @@ fn listen_on(
         .local_addr()
         .map_err(|e| Error::io("cannot read the local address", e))?
         .port();
-    let peer_silence = crate::net::tcp::user_timeout(cfg)?;
-    slots::start(program, address, port, peer_silence, Arc::clone(log))?;
+    slots::start(program, address, port, Arc::clone(log))?;
+    let opts = listen::Options {
+        idle_timeout: idle_limit(cfg)?,
+        ..opts.clone()
+    };
     let result = listen::serve(
         vec![Endpoint::Ready(Listener::Tcp(local))],
         socket,
-        opts,
+        &opts,
         Arc::clone(log),
     );
     fowld::terminate_all(Duration::from_secs(5));

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::dial::{WELCOME_WAIT, describe_final};
-use super::fowld::{Fowld, Next};
+use super::fowld::{self, Fowld, Next};
 use super::{SERVICE, watch};
 use crate::error::Error;
 use crate::fowlcode::{self, Address, SLOTS};
@@ -35,13 +35,7 @@ const STAGGER: Duration = Duration::from_secs(3);
 const STREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// Start the slots' threads; they run as long as the process.
-pub fn start(
-    program: OsString,
-    address: Address,
-    port: u16,
-    peer_silence: Duration,
-    log: Arc<Log>,
-) -> Result<(), Error> {
+pub fn start(program: OsString, address: Address, port: u16, log: Arc<Log>) -> Result<(), Error> {
     log.line(format_args!(
         "keeping {SLOTS} wormholes waiting at {} (fowld: {})",
         address.shown(),
@@ -51,7 +45,6 @@ pub fn start(
         program,
         address,
         port,
-        peer_silence,
         log,
     });
     for i in 0..SLOTS {
@@ -68,7 +61,6 @@ struct Slot {
     program: OsString,
     address: Address,
     port: u16,
-    peer_silence: Duration,
     log: Arc<Log>,
 }
 
@@ -87,7 +79,7 @@ impl Slot {
         let mut retry = RETRY_FIRST;
         let mut failures: u32 = 0;
         let mut last_logged = String::new();
-        loop {
+        while !fowld::stopping() {
             match self.arm(i) {
                 Armed::Paired | Armed::WindowOver => {
                     if failures > 0 {
@@ -97,6 +89,7 @@ impl Slot {
                     failures = 0;
                     last_logged.clear();
                 }
+                Armed::Failed(_) if fowld::stopping() => return,
                 Armed::Failed(why) => {
                     failures += 1;
                     // Logged when the reason changes, then at the 8th,
@@ -149,11 +142,10 @@ impl Slot {
         }
         match fowld.wait_for(until, |e| *e == Event::PeerConnected) {
             Next::Event(Event::PeerConnected) => {
-                let peer_silence = self.peer_silence;
                 let log = Arc::clone(&self.log);
                 let spawned = thread::Builder::new()
                     .name(format!("fowl-serve-{i}"))
-                    .spawn(move || serve_one(fowld, peer_silence, &log, i));
+                    .spawn(move || serve_one(fowld, &log, i));
                 match spawned {
                     Ok(_) => Armed::Paired,
                     Err(e) => Armed::Failed(format!("cannot start a thread: {e}")),
@@ -186,7 +178,7 @@ impl Slot {
 /// One paired wormhole: its peer's stream comes to our listener (which
 /// relays it to git-annex); watch it until it ends, then close the
 /// wormhole.
-fn serve_one(mut fowld: Fowld, peer_silence: Duration, log: &Log, i: u8) {
+fn serve_one(mut fowld: Fowld, log: &Log, i: u8) {
     match fowld.wait_for(Instant::now() + STREAM_WAIT, |e| {
         *e == Event::IncomingConnection
     }) {
@@ -204,8 +196,9 @@ fn serve_one(mut fowld: Fowld, peer_silence: Duration, log: &Log, i: u8) {
             return;
         }
     }
-    // Closing fowld ends its connection to our listener, and so the relay.
-    if let Err(why) = watch(&mut fowld, None, peer_silence, &AtomicBool::new(false)) {
+    // The listener's relay of this stream has the idle limit; closing
+    // fowld ends its connection to our listener, and so the relay.
+    if let Err(why) = watch(&mut fowld, None, None, &AtomicBool::new(false)) {
         log.line(format_args!("slot {i}: {why}"));
     }
     fowld.close();
