@@ -36,7 +36,7 @@ const SESSION: Duration = Duration::from_secs(90);
 const NO_LISTENER: Duration = Duration::from_secs(120);
 
 /// How long connect mode may take to notice that the serving fowld died,
-/// with `user-timeout` 20 s.
+/// with `idle-timeout` 20 s.
 const PEER_LOST: Duration = Duration::from_secs(90);
 
 /// How long the listener may take to arm its slots.
@@ -846,11 +846,11 @@ fn fowl_serving_fowld_killed_mid_transfer() {
     let (dir, addr, secret) = new_address(&net, "fowl-kill");
     let mut listener = Listener::start(&net, dir.path(), &addr, &cfg);
     let client = repo("fowl-kill-client");
-    // A dead peer's wormhole stays open (fowl waits for it to come back):
-    // connect mode finds it by unanswered pings, after `user-timeout`
-    // (default 2 minutes, too long for CI).
+    // A dead peer's wormhole stays open (fowl waits for it to come back and
+    // reports nothing): connect mode gives the stream up once it moved no
+    // byte for `idle-timeout` (fowl's default 10 minutes, too long for CI).
     let mut quick = cfg.clone();
-    quick.push(("p2p-annex.fowl.user-timeout".into(), "20s".into()));
+    quick.push(("p2p-annex.fowl.idle-timeout".into(), "20s".into()));
 
     // 1 GiB: far more than moves before the kill.
     let mut live = start_session(&net, client.path(), &addr, &quick, 300, 1 << 30);
@@ -1134,6 +1134,7 @@ fn fowl_git_annex_syncs_offline() {
         secs(started.elapsed())
     );
     let address = a.gen_addresses("fowl").remove(0);
+    check_in(&a, &net, &secret, &["fowld reached the mailbox"]);
 
     let b = env.repo("b");
     let t = Instant::now();
@@ -1142,6 +1143,12 @@ fn fowl_git_annex_syncs_offline() {
     let t = Instant::now();
     b.fetch_via(&in_net, "peerA");
     let fetch = t.elapsed();
+    check_in(
+        &b,
+        &net,
+        &secret,
+        &["is reachable", "accepts our auth token"],
+    );
     b.annex(&["merge"]);
     b.git(&["merge", "-q", "--ff-only", "peerA/main"]);
     let get_small = annex_in(&b, &net, &["get", "small.txt"], step);
@@ -1215,6 +1222,21 @@ fn fowl_git_annex_syncs_offline() {
         net.fowld_pids()
     );
     env.assert_no_leftover_processes();
+}
+
+/// `p2p-annex check` in `repo`, inside the namespace: all ok, saying each
+/// of `want`, and never showing the secret.
+fn check_in(repo: &support::annex::Repo<'_>, net: &FowlNet, secret: &str, want: &[&str]) {
+    let bin = bin();
+    let mut args: Vec<&str> = net.ns.prefix()[1..].to_vec();
+    args.extend([bin.to_str().expect("UTF-8 path"), "check"]);
+    let got = repo.cmd("ip", &args).run();
+    let all = format!("{}{}", got.stdout, got.stderr);
+    assert!(got.success(), "p2p-annex check:\n{all}");
+    for w in want {
+        assert!(all.contains(w), "check does not say {w:?}:\n{all}");
+    }
+    assert_no_secret(&all, secret, "p2p-annex check");
 }
 
 /// The content of `file` (a file of `b`'s) in repository `a`, found by key.
