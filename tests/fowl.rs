@@ -1206,9 +1206,28 @@ fn fowl_git_annex_syncs_offline() {
     a.annex(&["fsck", "-q"]);
     eprintln!("fowl+git-annex: sync --content {}", secs(sync));
 
-    let log =
-        std::fs::read_to_string(a.path().join(".git/annex/p2p-annex.fowl.log")).unwrap_or_default();
+    // Under remotedaemon the listener logs to its file; it and status name
+    // the address by fingerprint only.
+    let log = std::fs::read_to_string(a.path().join(".git/annex/p2p-annex.fowl.log"))
+        .expect("A's listener log");
+    assert!(log.contains(": connected"), "A's listener log:\n{log}");
     assert_no_secret(&log, &secret, "A's listener log");
+    if [link, get_small, get_big]
+        .iter()
+        .any(|d| *d > Duration::from_secs(5))
+    {
+        eprintln!("fowl+git-annex: a slow step; A's listener log:\n{log}");
+    }
+    let bin = bin();
+    let mut args: Vec<&str> = net.ns.prefix()[1..].to_vec();
+    args.extend([bin.to_str().expect("UTF-8 path"), "status"]);
+    let status = a.cmd("ip", &args).ok();
+    assert!(
+        status.stdout.contains("fowl"),
+        "status shows no fowl listener:\n{}",
+        status.stdout
+    );
+    assert_no_secret(&status.stdout, &secret, "A's p2p-annex status");
     drop(served);
     let gone = wait_until(Duration::from_secs(15), || net.fowld_pids().is_empty());
     let (peak, most) = rss.finish();
