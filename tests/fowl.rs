@@ -86,6 +86,34 @@ fn p2p_in(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Command {
     cmd
 }
 
+/// The fowl helper inside the namespace, in `dir`, with `config`:
+/// `p2p-annex fowl`, or `git-annex-p2p-NAME` (a link to the binary) when
+/// `config` makes NAME a user-defined netname with the fowl transport.
+fn helper_in(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Command {
+    let user = config.iter().find_map(|(k, v)| {
+        (v == "fowl")
+            .then(|| k.strip_prefix("p2p-annex.")?.strip_suffix(".transport"))
+            .flatten()
+    });
+    let Some(name) = user else {
+        let mut cmd = p2p_in(net, dir, config);
+        cmd.arg("fowl");
+        return cmd;
+    };
+    let link = net.dir.path().join(format!("git-annex-p2p-{name}"));
+    if !link.exists() {
+        support::helper_link(net.dir.path(), name);
+    }
+    let mut cmd = net.exec(&link);
+    isolate(&mut cmd, dir);
+    let pairs: Vec<(&str, &str)> = config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    with_config(&mut cmd, &pairs);
+    cmd
+}
+
 /// What a finished command did.
 struct Ran {
     code: Option<i32>,
@@ -158,7 +186,7 @@ fn wait_child(child: &mut Child, within: Duration) -> Option<std::process::ExitS
 /// `p2p-annex fowl address` in `dir`.
 fn address(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Ran {
     run_bounded(
-        p2p_in(net, dir, config).args(["fowl", "address"]),
+        helper_in(net, dir, config).arg("address"),
         Duration::from_secs(60),
     )
 }
@@ -238,8 +266,8 @@ impl Listener {
         let socket = dir.join("annex.sock");
         let _ = std::fs::remove_file(&socket);
         let accepted = framed_stream_server(&socket);
-        let mut cmd = p2p_in(net, dir, config);
-        cmd.args(["fowl", address])
+        let mut cmd = helper_in(net, dir, config);
+        cmd.arg(address)
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
@@ -322,8 +350,8 @@ fn start_session(
     len: usize,
 ) -> Live {
     let started = Instant::now();
-    let mut child = p2p_in(net, dir, config)
-        .args(["fowl", address])
+    let mut child = helper_in(net, dir, config)
+        .arg(address)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1267,4 +1295,49 @@ fn content_in(a: &support::annex::Repo<'_>, b: &support::annex::Repo<'_>, file: 
         .trim()
         .to_string();
     std::fs::read(a.path().join(&loc)).unwrap_or_else(|e| panic!("read {loc}: {e}"))
+}
+
+/// A user-defined netname with the fowl transport: its own keys, its own
+/// secret file, and a connection through it.
+#[test]
+fn fowl_as_the_transport_of_a_user_defined_netname() {
+    if !root_or_skip("fowl_as_the_transport_of_a_user_defined_netname") {
+        return;
+    }
+    let net = FowlNet::start();
+    let url = net.mailbox_url();
+    let cfg: Vec<(String, String)> = [
+        ("p2p-annex.wh.transport", "fowl"),
+        ("p2p-annex.wh.fowld", &fowl::fowld().display().to_string()),
+        ("p2p-annex.wh.mailbox", &url),
+        // fowl's own keys do not apply to wh.
+        (
+            "p2p-annex.fowl.mailbox",
+            "ws://fowl-keys-do-not-apply.invalid/v1",
+        ),
+        ("p2p-annex.fowl.fowld", "/nonexistent/fowld"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let dir = repo("fowl-userdef");
+    let got = address(&net, dir.path(), &cfg);
+    assert_eq!(got.code, Some(0), "address: {}", got.stderr);
+    let addr = got.stdout.trim().to_string();
+    let secret = secret_of(&addr, &url)
+        .unwrap_or_else(|| panic!("address printed {addr:?}"))
+        .to_string();
+    assert!(dir.path().join(".git/annex/p2p-annex.wh.secret").is_file());
+    assert!(
+        !secret_path(dir.path()).exists(),
+        "wh used fowl's secret file"
+    );
+
+    let mut listener = Listener::start(&net, dir.path(), &addr, &cfg);
+    let client = repo("fowl-userdef-client");
+    let s = session(&net, client.path(), &addr, &cfg, 400, 1 << 20)
+        .unwrap_or_else(|e| panic!("a connection over netname wh: {e}"));
+    eprintln!("fowl: user-defined netname wh: setup {}", secs(s.setup));
+    assert_eq!(listener.accepted.load(Ordering::SeqCst), 1);
+    assert_no_secret(&listener.log().join("\n"), &secret, "wh's listener log");
 }
