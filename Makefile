@@ -236,7 +236,7 @@ check-vendor:
 # a crash fails. Needs the
 # $(NIGHTLY) toolchain (SKIPPED without it, failed under CI) and installs
 # cargo-fuzz from crates.io when missing.
-FUZZ_TARGETS = address config socks5 status torcontrol
+FUZZ_TARGETS = address config fowl socks5 status torcontrol
 FUZZ_SECONDS ?= 30
 fuzz-smoke:
 	tests/tools/fuzz-smoke.sh $(NIGHTLY) $(FUZZ_SECONDS) $(FUZZ_TARGETS)

@@ -125,6 +125,9 @@ pub fn window_end(window: u64) -> u64 {
 /// A mailbox URL fowld can use: `ws://` or `wss://`, a host, printable
 /// ASCII without spaces (it is an argument of fowld's, never a shell's).
 pub fn check_mailbox(url: &str) -> Result<(), String> {
+    if !url.bytes().all(|b| b.is_ascii_graphic()) || url.len() > 400 {
+        return Err("the mailbox URL must be printable ASCII without spaces".into());
+    }
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
@@ -132,9 +135,6 @@ pub fn check_mailbox(url: &str) -> Result<(), String> {
     let host = rest.split(['/', ':']).next().unwrap_or("");
     if host.is_empty() {
         return Err(format!("mailbox {url:?} has no host"));
-    }
-    if !url.bytes().all(|b| b.is_ascii_graphic()) || url.len() > 400 {
-        return Err("the mailbox URL must be printable ASCII without spaces".into());
     }
     Ok(())
 }

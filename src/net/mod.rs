@@ -125,6 +125,12 @@ impl Form {
     /// it: a fowl address's secret is replaced by a fingerprint.
     pub fn shown(self, address: &str) -> String {
         match self {
+            // Unparsable, it may still hold the secret.
+            Form::Fowl
+                if !address.contains('@') && crate::fowlcode::Address::parse(address).is_err() =>
+            {
+                "(an address that is not a fowl address)".into()
+            }
             Form::Fowl => crate::fowlcode::shown(address),
             Form::HostPort | Form::Token => address.to_string(),
         }
