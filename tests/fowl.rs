@@ -76,7 +76,13 @@ fn config(net: &FowlNet) -> Vec<(String, String)> {
 
 /// The binary under test inside the namespace, in `dir`, with `config`.
 fn p2p_in(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Command {
-    let mut cmd = net.exec(&bin());
+    run_in(net, &bin(), dir, config)
+}
+
+/// `program` inside the namespace, in `dir`, with `config` and no other
+/// git configuration.
+fn run_in(net: &FowlNet, program: &Path, dir: &Path, config: &[(String, String)]) -> Command {
+    let mut cmd = net.exec(program);
     isolate(&mut cmd, dir);
     let pairs: Vec<(&str, &str)> = config
         .iter()
@@ -104,14 +110,7 @@ fn helper_in(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Command 
     if !link.exists() {
         support::helper_link(net.dir.path(), name);
     }
-    let mut cmd = net.exec(&link);
-    isolate(&mut cmd, dir);
-    let pairs: Vec<(&str, &str)> = config
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    with_config(&mut cmd, &pairs);
-    cmd
+    run_in(net, &link, dir, config)
 }
 
 /// What a finished command did.
