@@ -70,9 +70,10 @@ pub fn fowld() -> PathBuf {
 /// A loopback-only namespace with a local mailbox in it. Dropping it kills
 /// everything in the namespace (fowld included) and deletes it.
 pub struct FowlNet {
-    pub dir: TempDir,
     mailbox: Option<Child>,
     pub ns: Netns,
+    // Last, so everything in the namespace is killed before it is removed.
+    pub dir: TempDir,
 }
 
 impl FowlNet {
@@ -81,9 +82,9 @@ impl FowlNet {
         let ns = Netns::named("p2pfowl");
         ns.assert_loopback_only();
         let mut net = FowlNet {
-            dir: TempDir::new("fowlnet"),
             mailbox: None,
             ns,
+            dir: TempDir::new("fowlnet"),
         };
         net.start_mailbox();
         net
@@ -324,7 +325,8 @@ impl Drop for FowlNet {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // self.ns, dropped next, kills whatever is left in the namespace.
+        // self.ns, dropped next, kills whatever is left in the namespace;
+        // then self.dir goes.
     }
 }
 
