@@ -112,14 +112,15 @@ pub fn secret_text(text: &str) -> Option<&str> {
     unhex(secret).map(|_| secret)
 }
 
-/// The window of a moment (seconds since the epoch).
-pub fn window_at(unix_secs: u64) -> u64 {
-    unix_secs / WINDOW_SECS
+/// The window of a moment (seconds since the epoch), for windows of
+/// `len` seconds (`WINDOW_SECS`).
+pub fn window_at(unix_secs: u64, len: u64) -> u64 {
+    unix_secs / len.max(1)
 }
 
 /// When a window ends (seconds since the epoch).
-pub fn window_end(window: u64) -> u64 {
-    window.saturating_add(1).saturating_mul(WINDOW_SECS)
+pub fn window_end(window: u64, len: u64) -> u64 {
+    window.saturating_add(1).saturating_mul(len.max(1))
 }
 
 /// A mailbox URL fowld can use: `ws://` or `wss://`, a host, printable
@@ -236,11 +237,12 @@ mod tests {
 
     #[test]
     fn windows() {
-        assert_eq!(window_at(0), 0);
-        assert_eq!(window_at(599), 0);
-        assert_eq!(window_at(600), 1);
-        assert_eq!(window_end(1), 1200);
-        assert_eq!(window_end(u64::MAX), u64::MAX);
+        assert_eq!(window_at(0, WINDOW_SECS), 0);
+        assert_eq!(window_at(599, WINDOW_SECS), 0);
+        assert_eq!(window_at(600, WINDOW_SECS), 1);
+        assert_eq!(window_end(1, WINDOW_SECS), 1200);
+        assert_eq!(window_end(u64::MAX, WINDOW_SECS), u64::MAX);
+        assert_eq!(window_at(5, 0), 5);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::fowld::{Fowld, Next};
 use super::{SERVICE, fowl_error, spawn_error};
 use crate::error::Error;
-use crate::fowlcode::{self, Address, SLOTS, WINDOW_SECS};
+use crate::fowlcode::{self, Address, SLOTS};
 use crate::fowlproto::{self, Event};
 
 /// Reaching the mailbox; fowld starts (Python imports) in about 0.5 s.
@@ -77,8 +77,9 @@ fn order() -> Vec<(u64, u8)> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let window = fowlcode::window_at(now);
-    let neighbour = if now % WINDOW_SECS < WINDOW_SECS / 2 {
+    let len = super::window_len();
+    let window = fowlcode::window_at(now, len);
+    let neighbour = if now % len < len / 2 {
         window.saturating_sub(1)
     } else {
         window + 1

@@ -58,6 +58,21 @@ pub const TRANSPORT: Transport = Transport {
     },
 };
 
+/// How long the slots' codes last: `fowlcode::WINDOW_SECS`. Debug builds
+/// (the tests) take `P2P_ANNEX_TEST_FOWL_WINDOW` seconds (at least 10), so
+/// a test sees windows end; a release build never reads it.
+pub(crate) fn window_len() -> u64 {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("P2P_ANNEX_TEST_FOWL_WINDOW")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n >= 10)
+    {
+        return n;
+    }
+    fowlcode::WINDOW_SECS
+}
+
 /// A fowl failure as one line, naming the mailbox (never the secret).
 pub(crate) fn fowl_error(address: &fowlcode::Address, problem: String) -> Error {
     Error::Fowl {
@@ -263,6 +278,8 @@ fn watch(
             Next::Event(Event::OutgoingLost { reason } | Event::IncomingLost { reason }) => {
                 return Err(format!("the stream was lost: {reason}"));
             }
+            // The other side closed its wormhole as it should, when done.
+            Next::Event(Event::Closed { result }) if result == "happy" => return Ok(()),
             Next::Event(e) if e.is_final() => return Err(dial::describe_final(&e)),
             Next::Event(_) | Next::Timeout => {}
             Next::Gone => return Err("fowld exited".into()),

@@ -112,8 +112,9 @@ impl Slot {
     /// Arm slot `i` once: a fresh fowld waiting on this window's code.
     fn arm(&self, i: u8) -> Armed {
         let now = unix_now();
-        let window = fowlcode::window_at(now);
-        let ends = fowlcode::window_end(window).saturating_sub(now);
+        let len = super::window_len();
+        let window = fowlcode::window_at(now, len);
+        let ends = fowlcode::window_end(window, len).saturating_sub(now);
         let until = Instant::now() + Duration::from_secs(ends) + STAGGER * u32::from(i);
         let mut fowld = match Fowld::spawn(&self.program, &self.address.mailbox) {
             Ok(f) => f,
