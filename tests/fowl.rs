@@ -80,12 +80,19 @@ fn p2p_in(net: &FowlNet, dir: &Path, config: &[(String, String)]) -> Command {
 }
 
 /// `program` inside the namespace, in `dir`, with `config` and no other
-/// git configuration.
+/// git configuration. An entry `env:NAME` of `config` is the environment
+/// variable NAME instead (`P2P_ANNEX_TEST_FOWL_WINDOW`).
 fn run_in(net: &FowlNet, program: &Path, dir: &Path, config: &[(String, String)]) -> Command {
     let mut cmd = net.exec(program);
     isolate(&mut cmd, dir);
+    for (k, v) in config {
+        if let Some(name) = k.strip_prefix("env:") {
+            cmd.env(name, v);
+        }
+    }
     let pairs: Vec<(&str, &str)> = config
         .iter()
+        .filter(|(k, _)| !k.starts_with("env:"))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     with_config(&mut cmd, &pairs);
@@ -1339,4 +1346,100 @@ fn fowl_as_the_transport_of_a_user_defined_netname() {
     eprintln!("fowl: user-defined netname wh: setup {}", secs(s.setup));
     assert_eq!(listener.accepted.load(Ordering::SeqCst), 1);
     assert_no_secret(&listener.log().join("\n"), &secret, "wh's listener log");
+}
+
+/// Windows of 20 s (`P2P_ANNEX_TEST_FOWL_WINDOW`, debug builds): a
+/// listener killed with its fowld (a crash) leaves stale claims on this
+/// window's nameplates; a new listener on the same address serves again
+/// once the window has changed. Then connections one after another across
+/// a window change all succeed. (With 10 s windows a dial that misses
+/// its first slots near an edge can run out of slots: each miss costs
+/// ~7 s, most of such a window.)
+#[test]
+fn fowl_windows_free_a_crashed_listeners_slots_and_connections_cross_one() {
+    if !root_or_skip("fowl_windows_free_a_crashed_listeners_slots_and_connections_cross_one") {
+        return;
+    }
+    let window = 20u64;
+    let net = FowlNet::start();
+    let mut cfg = config(&net);
+    cfg.push(("env:P2P_ANNEX_TEST_FOWL_WINDOW".into(), window.to_string()));
+    let (dir, addr, secret) = new_address(&net, "fowl-window");
+    let client = repo("fowl-window-client");
+    let mut first = Listener::start(&net, dir.path(), &addr, &cfg);
+    session(&net, client.path(), &addr, &cfg, 500, 64 << 10)
+        .unwrap_or_else(|e| panic!("the first listener's connection: {e}"));
+
+    // A crash: the listener and its waiting fowld SIGKILLed together, so
+    // nothing releases their nameplates.
+    let children: Vec<u32> = net
+        .fowld_pids()
+        .into_iter()
+        .filter(|&p| fowl::ppid(p) == Some(first.pid()))
+        .collect();
+    assert!(!children.is_empty(), "the listener has no fowld");
+    for pid in children.iter().copied().chain([first.pid()]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = first.proc.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(15), || net.fowld_pids().is_empty()),
+        "fowld left after the crash: {:?}",
+        net.fowld_pids()
+    );
+
+    // A new listener on the same address: it serves again by the next
+    // window at the latest (two windows, the stagger, fowld's start and
+    // slack on a loaded machine).
+    let socket = dir.path().join("annex.sock");
+    let _ = std::fs::remove_file(&socket);
+    let restarted = Instant::now();
+    let mut second = Listener::start(&net, dir.path(), &addr, &cfg);
+    let bound = Duration::from_secs(3 * window + 60);
+    let mut failures = Vec::new();
+    let recovered = loop {
+        match session(&net, client.path(), &addr, &cfg, 510, 64 << 10) {
+            Ok(_) => break restarted.elapsed(),
+            Err(e) => failures.push(e),
+        }
+        assert!(
+            restarted.elapsed() < bound,
+            "no connection within {bound:?} of the restart; failures:\n{}",
+            failures.join("\n")
+        );
+    };
+    eprintln!(
+        "fowl: after a crash, the restarted listener served after {} ({} failed attempt(s) \
+         before; windows of {window} s)",
+        secs(recovered),
+        failures.len()
+    );
+
+    // Connections back to back across a window change.
+    let started = Instant::now();
+    let mut setups = Vec::new();
+    let mut seed = 520;
+    while started.elapsed() < Duration::from_secs(window + 5) {
+        let s = match session(&net, client.path(), &addr, &cfg, seed, 64 << 10) {
+            Ok(s) => s,
+            Err(e) => panic!(
+                "connection {} at {} into the run (windows of {window} s): {e}\n\
+                 the listener's log:\n{}",
+                setups.len() + 1,
+                secs(started.elapsed()),
+                second.log().join("\n")
+            ),
+        };
+        setups.push(s.setup);
+        seed += 1;
+    }
+    eprintln!(
+        "fowl: across window changes ({window} s windows): {}",
+        spread(setups)
+    );
+    assert!(second.alive(), "the restarted listener exited");
+    assert_no_secret(&second.log().join("\n"), &secret, "the listener's log");
 }
