@@ -14,6 +14,8 @@
 //! values are strings, numbers, booleans, null, arrays or objects. Nested
 //! values are skipped; no serde (run-time crates stay nix, lexopt, libc).
 
+use crate::text::json_string;
+
 /// The longest text of fowld's we keep (a reason, an error message).
 pub const MAX_TEXT: usize = 200;
 
@@ -196,36 +198,18 @@ enum Json<'a> {
 }
 
 fn command(kind: &str, fields: &[(&str, Json<'_>)]) -> Vec<u8> {
-    let mut out = String::from("{\"kind\": ");
-    quote(&mut out, kind);
+    let mut out = format!("{{\"kind\": {}", json_string(kind));
     for (key, value) in fields {
         out.push_str(", ");
-        quote(&mut out, key);
+        out.push_str(&json_string(key));
         out.push_str(": ");
         match value {
-            Json::Str(s) => quote(&mut out, s),
+            Json::Str(s) => out.push_str(&json_string(s)),
             Json::Int(n) => out.push_str(&n.to_string()),
         }
     }
     out.push_str("}\n");
     out.into_bytes()
-}
-
-/// A JSON string (RFC 8259 section 7).
-fn quote(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// A top-level value we keep; nested ones are skipped.

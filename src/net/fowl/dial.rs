@@ -29,6 +29,8 @@ const LISTENING_WAIT: Duration = Duration::from_secs(3);
 /// retried, and how long we wait for fowld to say why a stream ended.
 const RACE_RETRY_FOR: Duration = Duration::from_secs(3);
 const LOST_WAIT: Duration = Duration::from_secs(1);
+/// How long a stream opened without data is watched for that refusal.
+const QUIET_WAIT: Duration = Duration::from_millis(500);
 
 /// A wormhole paired with a listener's slot, its forward listening on
 /// loopback.
@@ -181,6 +183,29 @@ pub fn open_stream(paired: &Paired, first: &[u8]) -> Result<TcpStream, Error> {
             // Refused for too long, or an end without a reason: hand it to
             // the relay, which sees the end and reports it.
             Answer::Refused | Answer::Ended => return Ok(stream),
+        }
+    }
+}
+
+/// `open_stream` for a caller that speaks later (`check`): fowl refuses a
+/// racing stream right after it opens, whatever was sent, so a stream not
+/// refused within `QUIET_WAIT` is taken.
+pub fn open_stream_quietly(paired: &Paired) -> Result<TcpStream, Error> {
+    let started = Instant::now();
+    loop {
+        let stream = loopback(paired.port)?;
+        let until = Instant::now() + QUIET_WAIT;
+        let refused = loop {
+            match paired.fowld.next(until) {
+                Next::Event(Event::OutgoingLost { reason }) if reason.contains("policy") => {
+                    break true;
+                }
+                Next::Event(_) => {}
+                Next::Timeout | Next::Gone => break false,
+            }
+        };
+        if !refused || started.elapsed() >= RACE_RETRY_FOR {
+            return Ok(stream);
         }
     }
 }

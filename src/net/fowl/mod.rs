@@ -152,11 +152,7 @@ fn check_stream(
 ) -> Result<OwnedFd, Error> {
     let program = fowld::program(cfg);
     let paired = dial::pair(&program, address, cap.map(|c| Instant::now() + c))?;
-    let stream =
-        TcpStream::connect((Ipv4Addr::LOCALHOST, paired.port)).map_err(|cause| Error::Connect {
-            target: format!("fowld's forward on 127.0.0.1:{}", paired.port),
-            cause,
-        })?;
+    let stream = dial::open_stream_quietly(&paired)?;
     let _ = thread::Builder::new()
         .name("fowl-watch".into())
         .spawn(move || {
