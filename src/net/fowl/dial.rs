@@ -49,16 +49,25 @@ enum Miss {
 
 /// Pair with one of the listener's slots: this window's in random order,
 /// then the neighbouring window's (a clock a little off, a listener that
-/// has not moved on yet). `until` bounds it all (`check`).
+/// has not moved on yet), looking at the clock before each try: a try
+/// that misses costs seconds, and the window may end meanwhile. At most
+/// two windows' worth of tries; `until` bounds it all (`check`).
 pub fn pair(program: &OsStr, address: &Address, until: Option<Instant>) -> Result<Paired, Error> {
     let mut last = String::new();
-    let mut tried = 0;
-    for (window, slot) in order() {
+    let mut tried = Vec::new();
+    while tried.len() < 2 * usize::from(SLOTS) {
         if until.is_some_and(|u| Instant::now() >= u) {
             break;
         }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let Some((window, slot)) = pick(now, super::window_len(), &tried, crate::sys::random_u64())
+        else {
+            break;
+        };
+        tried.push((window, slot));
         let fowld = Fowld::spawn(program, &address.mailbox).map_err(|e| spawn_error(program, e))?;
-        tried += 1;
         match attempt(fowld, &address.code(window, slot), until) {
             Ok(paired) => return Ok(paired),
             Err(Miss::Mailbox(why)) => return Err(fowl_error(address, why)),
@@ -68,35 +77,29 @@ pub fn pair(program: &OsStr, address: &Address, until: Option<Instant>) -> Resul
     Err(fowl_error(
         address,
         format!(
-            "no listener answered ({tried} waiting wormholes tried; last: {last}); check that \
-             the peer's listener runs (p2p-annex check there) and uses this mailbox"
+            "no listener answered ({} waiting wormholes tried; last: {last}); check that \
+             the peer's listener runs (p2p-annex check there) and uses this mailbox",
+            tried.len()
         ),
     ))
 }
 
-/// (window, slot) pairs to try.
-fn order() -> Vec<(u64, u8)> {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let len = super::window_len();
+/// The next (window, slot) to try at `now`, windows being `len` seconds:
+/// an untried slot of the current window, picked with `random`, else one
+/// of the nearest other window (the previous one in the first half of a
+/// window, the next in the second).
+fn pick(now: u64, len: u64, tried: &[(u64, u8)], random: u64) -> Option<(u64, u8)> {
     let window = fowlcode::window_at(now, len);
-    let neighbour = if now % len < len / 2 {
+    let neighbour = if now % len.max(1) < len / 2 {
         window.saturating_sub(1)
     } else {
         window + 1
     };
-    let mut out = Vec::new();
-    for w in [window, neighbour] {
-        let mut slots: Vec<u8> = (0..SLOTS).collect();
-        // Fisher-Yates: peers that start together spread over the slots.
-        for i in (1..slots.len()).rev() {
-            let j = (crate::sys::random_u64() % (i as u64 + 1)) as usize;
-            slots.swap(i, j);
-        }
-        out.extend(slots.into_iter().map(|s| (w, s)));
-    }
-    out
+    [window, neighbour].into_iter().find_map(|w| {
+        let left: Vec<u8> = (0..SLOTS).filter(|s| !tried.contains(&(w, *s))).collect();
+        let i = usize::try_from(random % left.len().max(1) as u64).unwrap_or(0);
+        left.get(i).map(|&s| (w, s))
+    })
 }
 
 fn attempt(mut fowld: Fowld, code: &str, until: Option<Instant>) -> Result<Paired, Miss> {
@@ -297,5 +300,42 @@ pub fn first_bytes() -> Result<Vec<u8>, Error> {
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(Error::io("cannot read standard input", e.into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_this_windows_slots_then_the_nearest_others() {
+        let mut tried = Vec::new();
+        // 100 s into window 10 of 600 s: window 10, then 9.
+        while let Some(p) = pick(6100, 600, &tried, tried.len() as u64 * 7) {
+            tried.push(p);
+        }
+        assert_eq!(tried.len(), 8);
+        assert!(tried[..4].iter().all(|&(w, _)| w == 10));
+        assert!(tried[4..].iter().all(|&(w, _)| w == 9));
+        let mut slots: Vec<u8> = tried[..4].iter().map(|&(_, s)| s).collect();
+        slots.sort();
+        assert_eq!(slots, [0, 1, 2, 3]);
+        // In the second half, the next window.
+        assert_eq!(pick(6500, 600, &[], 0).map(|(w, _)| w), Some(10));
+        let all10: Vec<(u64, u8)> = (0..SLOTS).map(|s| (10, s)).collect();
+        assert_eq!(pick(6500, 600, &all10, 0).map(|(w, _)| w), Some(11));
+    }
+
+    #[test]
+    fn a_window_that_ends_meanwhile_is_left_for_the_new_one() {
+        // Two misses in window 10, then the clock passes into window 11:
+        // its slots come first, then window 10's two untried ones.
+        let tried = [(10, 0), (10, 1)];
+        assert_eq!(pick(6605, 600, &tried, 0).map(|(w, _)| w), Some(11));
+        let mut tried = tried.to_vec();
+        tried.extend((0..SLOTS).map(|s| (11, s)));
+        let p = pick(6605, 600, &tried, 0).unwrap();
+        assert_eq!(p.0, 10);
+        assert!(p.1 >= 2);
     }
 }
