@@ -1157,7 +1157,14 @@ fn fowl_git_annex_syncs_offline() {
     let big = pseudo_random(61, big_mib << 20);
     a.write("small.txt", &small);
     a.write("big.bin", &big);
-    a.add_and_commit(&["small.txt", "big.bin"], "files from A");
+    // For `get -J4`: git-annex opens several connections at once.
+    let many: Vec<(String, Vec<u8>)> = (0..6u64)
+        .map(|i| (format!("many/{i}.bin"), pseudo_random(70 + i, 2 << 20)))
+        .collect();
+    for (name, data) in &many {
+        a.write(name, data);
+    }
+    a.add_and_commit(&["small.txt", "big.bin", "many"], "files from A");
     annex_in(&a, &net, &["p2p", "--enable", "fowl"], step);
     let own = a.own_p2p_addresses();
     assert_eq!(own.len(), 1, "{own:?}");
@@ -1202,7 +1209,15 @@ fn fowl_git_annex_syncs_offline() {
     let get_big = annex_in(&b, &net, &["get", "big.bin"], step);
     assert!(b.read("small.txt") == small, "small.txt differs");
     support::assert_same_bytes(&b.read("big.bin"), &big, "big.bin after get");
+    let get_many = annex_in(&b, &net, &["get", "-J4", "many"], step);
+    for (name, data) in &many {
+        support::assert_same_bytes(&b.read(name), data, name);
+    }
     b.annex(&["fsck", "-q"]);
+    eprintln!(
+        "fowl+git-annex: get -J4 of 6 files of 2 MiB {}",
+        secs(get_many)
+    );
     eprintln!(
         "fowl+git-annex: link {} (one connection), git fetch {}, get of a small file {}, \
          get of {big_mib} MiB {} ({:.1} MiB/s)",
@@ -1219,7 +1234,17 @@ fn fowl_git_annex_syncs_offline() {
     let copy = annex_in(&b, &net, &["copy", "--to", "peerA", "from-b.bin"], step);
     assert_eq!(
         b.files_in("peerA"),
-        vec!["big.bin", "from-b.bin", "small.txt"]
+        [
+            "big.bin",
+            "from-b.bin",
+            "many/0.bin",
+            "many/1.bin",
+            "many/2.bin",
+            "many/3.bin",
+            "many/4.bin",
+            "many/5.bin",
+            "small.txt"
+        ]
     );
     // A's copy, read back over fowl and checked against its key.
     let fsck = annex_in(&b, &net, &["fsck", "--from", "peerA", "from-b.bin"], step);
