@@ -12,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,8 +34,8 @@ pub fn stopping() -> bool {
 /// How long a gentle close waits before SIGTERM, and SIGTERM before SIGKILL.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const TERM_WAIT: Duration = Duration::from_secs(3);
-/// How long connect mode gives fowld to close before it goes.
-const LEAVE_WAIT: Duration = Duration::from_millis(500);
+/// fowld being closed by `close_in_background`.
+static CLOSING: AtomicUsize = AtomicUsize::new(0);
 
 /// What came of waiting for fowld.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +50,6 @@ pub struct Fowld {
     child: Child,
     stdin: Option<ChildStdin>,
     events: Receiver<Event>,
-    /// Signalled by `leave`: not waited for.
-    left: bool,
 }
 
 impl Fowld {
@@ -111,7 +109,6 @@ impl Fowld {
             child,
             stdin,
             events,
-            left: false,
         })
     }
 
@@ -172,23 +169,21 @@ impl Fowld {
         }
     }
 
-    /// Connect mode is done: end the wormhole without keeping git-annex
-    /// waiting. The relay has ended both ways, so fowld has read all we
-    /// sent; a short gentle close lets it pass the last bytes on, then
-    /// SIGTERM (fowld still closes its wormhole), not waited for.
-    pub fn leave(mut self) {
-        if self.send(&fowlproto::session_close(1)) && self.exited_within(LEAVE_WAIT) {
-            return;
-        }
-        term(self.pid());
-        self.left = true;
-    }
-
     /// Close it on a thread of its own: the caller moves on.
+    /// (`wait_closing` waits for them: connect mode does before it exits,
+    /// so no fowld outlives it, and none is killed before it freed its
+    /// nameplate.)
     pub fn close_in_background(self) {
-        let _ = thread::Builder::new()
+        CLOSING.fetch_add(1, Ordering::SeqCst);
+        let spawned = thread::Builder::new()
             .name("fowld-close".into())
-            .spawn(move || self.close());
+            .spawn(move || {
+                self.close();
+                CLOSING.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            CLOSING.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -214,7 +209,7 @@ impl Drop for Fowld {
                 set.remove(&self.child.id());
             }
         }
-        if !self.left && matches!(self.child.try_wait(), Ok(None)) {
+        if matches!(self.child.try_wait(), Ok(None)) {
             // Not closed on purpose: never leave it running.
             term(self.pid());
             if !self.exited_within(TERM_WAIT) {
@@ -222,6 +217,14 @@ impl Drop for Fowld {
                 let _ = self.child.wait();
             }
         }
+    }
+}
+
+/// Wait, up to `limit`, for the closes `close_in_background` started.
+pub fn wait_closing(limit: Duration) {
+    let until = Instant::now() + limit;
+    while CLOSING.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

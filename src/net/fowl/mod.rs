@@ -39,6 +39,10 @@ use fowld::{Fowld, Next};
 /// rendezvous server).
 pub const DEFAULT_MAILBOX: &str = "ws://relay.magic-wormhole.io:4000/v1";
 
+/// How long connect mode waits, before it exits, for fowld it is closing
+/// (each: `session-close`, then SIGTERM, then SIGKILL, in at most 5 s).
+const CLOSING_LIMIT: Duration = Duration::from_secs(6);
+
 /// The name of our forward inside each wormhole.
 pub(crate) const SERVICE: &str = "annex";
 
@@ -47,7 +51,13 @@ pub const TRANSPORT: Transport = Transport {
     name: "fowl",
     form: Form::Fowl,
     connect: |cfg, address, cap| check_stream(cfg.get()?, address.fowl()?, cap),
-    connect_stdio: Some(|cfg, address| relay_stdio(cfg.get()?, address.fowl()?)),
+    connect_stdio: Some(|cfg, address| {
+        let result = relay_stdio(cfg.get()?, address.fowl()?);
+        // git-annex does not wait for us, but nothing of ours may outlive
+        // us: the fowld of slots we missed are still closing.
+        fowld::wait_closing(CLOSING_LIMIT);
+        result
+    }),
     addresses,
     listen: listen_on,
     reach_fix: |_, peer| {
@@ -170,7 +180,7 @@ fn relay_stdio(cfg: &Config, address: &fowlcode::Address) -> Result<(), Error> {
     let paired = dial::pair(&fowld::program(cfg), address, None)?;
     let first = dial::first_bytes()?;
     if first.is_empty() {
-        paired.fowld.leave();
+        paired.fowld.close();
         return Ok(());
     }
     let stream = dial::open_stream(&paired, &first)?;
@@ -207,7 +217,7 @@ fn relay_stdio(cfg: &Config, address: &fowlcode::Address) -> Result<(), Error> {
     let outcome = relay::run_counted(&End::Stdio, &End::Socket(OwnedFd::from(stream)), &progress);
     stop.store(true, Ordering::SeqCst);
     if let Ok(fowld) = watcher.join() {
-        fowld.leave();
+        fowld.close();
     }
     let problem = problem.lock().ok().and_then(|mut p| p.take());
     match (outcome, problem) {
