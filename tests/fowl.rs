@@ -847,7 +847,12 @@ fn fowl_serves_4_connections_at_once_3_times() {
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(s) => setups.push(s.setup),
-                Err(e) => panic!("round {}, client {}: {e}", round + 1, i + 1),
+                Err(e) => panic!(
+                    "round {}, client {}: {e}\nthe listener's log:\n{}",
+                    round + 1,
+                    i + 1,
+                    listener.log().join("\n")
+                ),
             }
         }
     }
