@@ -1150,6 +1150,10 @@ fn fowl_git_annex_syncs_offline() {
     }
     let net = FowlNet::start();
     let in_net = net.ns.prefix();
+    // Connect mode closes the wormholes it opened (the paired one and any
+    // slot it missed) before it exits, so the mailbox frees their
+    // nameplates: bounded at 6 s in src/net/fowl.
+    support::annex::allow_linger(Duration::from_secs(8));
     let env = Env::new("e2e-fowl");
     env.link_helper("fowl");
     env.global_config("p2p-annex.fowl.fowld", &fowl::fowld().display().to_string());
