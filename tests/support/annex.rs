@@ -274,17 +274,34 @@ pub fn run_with_deadline(
     }
 }
 
-/// How long a command's helpers may outlive it. git-annex does not wait for
-/// a connect-mode helper: it closes the helper's stdin and stdout and exits,
-/// and the orphaned helper must notice and exit by itself (a socat script
-/// takes about 10 ms).
+/// How long a command's helpers may outlive it, by default. git-annex does
+/// not wait for a connect-mode helper: it closes the helper's stdin and
+/// stdout and exits, and the orphaned helper must notice and exit by itself
+/// (a socat script takes about 10 ms).
 pub const LINGER: Duration = Duration::from_secs(2);
+
+static LINGER_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(LINGER.as_millis() as u64);
+
+/// Allow helpers to outlive their command by `d` in this test binary (the
+/// fowl tests: connect mode closes the wormholes it opened before it exits,
+/// so the mailbox frees their nameplates, which takes fowld seconds).
+pub fn allow_linger(d: Duration) {
+    LINGER_MS.store(
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+fn linger() -> Duration {
+    Duration::from_millis(LINGER_MS.load(std::sync::atomic::Ordering::SeqCst))
+}
 
 /// Waits up to [`LINGER`] for the rest of the command's process group to
 /// exit; kills and describes whatever does not. (remotedaemon moves itself
 /// to a group of its own, so it is not touched.)
 fn reap_group_leftovers(group: u32, label: &str) -> String {
-    let until = Instant::now() + LINGER;
+    let until = Instant::now() + linger();
     loop {
         let left: Vec<Proc> = all_procs()
             .into_iter()
@@ -296,7 +313,8 @@ fn reap_group_leftovers(group: u32, label: &str) -> String {
         if Instant::now() >= until {
             let described = describe_procs(&left);
             eprintln!(
-                "warning: `{label}` left processes running for {LINGER:?}, killing them:{described}"
+                "warning: `{label}` left processes running for {:?}, killing them:{described}",
+                linger()
             );
             signal_group("KILL", group);
             return described;
@@ -609,7 +627,8 @@ impl Env {
         let lingered = self.lingered.lock().map(|l| l.clone()).unwrap_or_default();
         if !lingered.is_empty() {
             panic!(
-                "processes outlived their command by more than {LINGER:?}:\n{}",
+                "processes outlived their command by more than {:?}:\n{}",
+                linger(),
                 lingered.join("\n")
             );
         }

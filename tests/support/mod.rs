@@ -5,6 +5,7 @@
 pub mod account;
 pub mod annex;
 pub mod danted;
+pub mod fowl;
 pub mod netns;
 pub mod peers;
 pub mod tor;

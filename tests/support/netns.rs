@@ -1,5 +1,7 @@
-//! Two "hosts" for a test: network namespaces made by the test, joined by
-//! a veth pair, removed (with every process left in them) when it ends.
+//! Network namespaces made by a test and removed (with every process left
+//! in them) when it ends: one with loopback only ([`Netns`], for tor and
+//! fowl, which must reach nothing outside), or two "hosts" joined by a veth
+//! pair ([`Hosts`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -111,39 +113,115 @@ impl Hosts {
 
     /// The TCP sockets listening in host `ns`, as `ss -ltnH` shows them.
     pub fn listening(&self, ns: &str) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", self.name(ns), "ss", "-ltnH"])
-            .output()
-            .expect("run ss");
-        assert!(out.status.success(), "ss failed: {out:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
-            .collect()
+        listening_in(self.name(ns))
     }
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            // Whatever the test left running in there is ours.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        remove(&self.a);
+        remove(&self.b);
     }
 }
 
-/// Run `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
+/// One network namespace with loopback up and nothing else.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// A namespace called `p2ptor-<pid>-<n>`.
+    pub fn new() -> Netns {
+        Netns::named("p2ptor")
+    }
+
+    /// A namespace called `<prefix>-<pid>-<n>`.
+    pub fn named(prefix: &str) -> Netns {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip netns exec NS PROGRAM` (ip execs it: the PID is the program's).
+    pub fn exec(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).arg(program);
+        cmd
+    }
+
+    /// `["ip", "netns", "exec", NS]`: a prefix for commands given as words.
+    pub fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.0]
+    }
+
+    /// Panics unless the namespace has no interface but `lo` and no route,
+    /// IPv4 or IPv6, in any table, but through `lo`.
+    pub fn assert_loopback_only(&self) {
+        let links = ip_out(&["-n", &self.0, "-o", "link", "show"]);
+        let other: Vec<&str> = links.lines().filter(|l| !l.contains(": lo:")).collect();
+        assert!(
+            other.is_empty(),
+            "namespace {} has an interface other than lo: {other:?}",
+            self.0
+        );
+        for family in ["-4", "-6"] {
+            let routes = ip_out(&["-n", &self.0, family, "route", "show", "table", "all"]);
+            let other: Vec<&str> = routes
+                .lines()
+                .filter(|l| !format!("{l} ").contains(" dev lo "))
+                .collect();
+            assert!(
+                other.is_empty(),
+                "namespace {} has a route not through lo: {other:?}",
+                self.0
+            );
+        }
+    }
+
+    /// The TCP sockets listening in the namespace, as `ss -ltnH` shows them.
+    pub fn listening(&self) -> Vec<String> {
+        listening_in(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}
+
+/// Kill every process in namespace `ns` (whatever a test left running in
+/// there is its own), then delete the namespace.
+fn remove(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
+fn listening_in(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-ltnH"])
+        .output()
+        .expect("run ss");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+/// `ip ARGS`, which must succeed; its stdout.
+fn ip_out(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),
@@ -151,4 +229,10 @@ fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    ip_out(args);
 }

@@ -157,3 +157,64 @@ pub fn stream_client(port: u16, seed: u64, len: usize) -> Result<(), String> {
         _ => Err(format!("got {total} of {len} bytes, then {tail:?}")),
     }
 }
+
+/// Read exactly `len` bytes and check they are `Stream::new(seed)`; does
+/// not wait for EOF.
+pub fn check_exact(mut r: impl Read, seed: u64, len: usize) -> Result<(), String> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    while total < len {
+        let want = buf.len().min(len - total);
+        let n = r
+            .read(&mut buf[..want])
+            .map_err(|e| format!("read after {total} of {len} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("EOF after {total} of {len} bytes"));
+        }
+        if !s.matches(&buf[..n]) {
+            return Err(format!("wrong bytes at or after offset {total}"));
+        }
+        total += n;
+    }
+    Ok(())
+}
+
+/// `stream_server` for transports without half-close (fowl): lengths frame
+/// everything. Each connection starts with an 8-byte seed and an 8-byte
+/// length; the server sends `len` bytes of `Stream::new(answer_seed(seed))`
+/// while it checks `len` bytes of `Stream::new(seed)` from the client, then
+/// writes one verdict byte, `Y` or `N`, and waits for the client to close
+/// first. Returns the number of connections accepted so far.
+pub fn framed_stream_server(path: &Path) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = UnixListener::bind(path).expect("bind unix socket");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            count.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut head = [0u8; 16];
+                if (&conn).read_exact(&mut head).is_err() {
+                    return;
+                }
+                let seed = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+                let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) as usize;
+                let writer = conn.try_clone().expect("clone");
+                let sender = thread::spawn(move || send_stream(writer, answer_seed(seed), len));
+                let verdict = check_exact(&conn, seed, len);
+                let sent = sender.join().expect("sender");
+                let ok = verdict.is_ok() && sent.is_ok();
+                let _ = (&conn).write_all(if ok { b"Y" } else { b"N" });
+                // The client closes first; a bound, should it never.
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(300)));
+                let mut rest = Vec::new();
+                let _ = (&conn).read_to_end(&mut rest);
+            });
+        }
+    });
+    accepted
+}

@@ -8,7 +8,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../../.." && pwd)
 venv=${FOWL_VENV:-$top/target/fowl-venv}
-[ -x "$venv/bin/fowld" ] || { echo "run-annex: no $venv (run run-study.sh first)" >&2; exit 1; }
+"$here/install-venv.sh" "$venv" >/dev/null
 command -v git-annex >/dev/null || { echo "run-annex: git-annex is not on PATH" >&2; exit 1; }
 ns=p2pannex-fowlannex-$$
 work=$(mktemp -d /tmp/fowl-annex.XXXXXX)

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Rerun the fowl study (doc/networks/fowl.md): install fowl and the mailbox
-# server from PyPI into target/fowl-venv (once), make a network namespace with
-# loopback only (fowl dials the public transit relay by itself: nothing may
-# leave), run fowlstudy.py in it, delete the namespace. Needs root.
+# server from PyPI into target/fowl-venv (install-venv.sh, once), make a
+# network namespace with loopback only (fowl dials the public transit relay
+# by itself: nothing may leave), run fowlstudy.py in it, delete the
+# namespace. Needs root.
 # Usage: tests/tools/fowl/run-study.sh [OUTDIR] [fowlstudy.py options]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -10,10 +11,7 @@ top=$(cd "$here/../../.." && pwd)
 venv=${FOWL_VENV:-$top/target/fowl-venv}
 out=${1:-$top/target/fowl-study}
 [ $# -gt 0 ] && shift
-if [ ! -x "$venv/bin/fowld" ]; then
-	python3 -m venv "$venv"
-	"$venv/bin/pip" install -q fowl==26.8.0 magic-wormhole-mailbox-server==0.8.0
-fi
+"$here/install-venv.sh" "$venv" >/dev/null
 "$venv/bin/pip" freeze | grep -iE '^(fowl|magic-wormhole|twisted|autobahn)' || true
 ns=p2pannex-fowl-$$
 ip netns add "$ns"

@@ -6,7 +6,7 @@
 # doc/upstream/connectdone-race.md), B linked; B syncs with content (gets A's
 # MIB MiB file, sends its own 1 MiB file), sha256 and fsck checked; timings
 # and the peak total RSS of the fowld processes printed (sync-inner.sh).
-# Needs root, git-annex on PATH, target/fowl-venv (run-study.sh makes it).
+# Needs root, git-annex on PATH, target/fowl-venv (install-venv.sh makes it).
 # Usage: run-sync.sh [MIB]   (default 64)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,7 +14,7 @@ top=$(cd "$here/../../.." && pwd)
 venv=${FOWL_VENV:-$top/target/fowl-venv}
 mib=${1:-64}
 case $mib in '' | *[!0-9]*) echo "run-sync: MIB must be a number" >&2; exit 2 ;; esac
-[ -x "$venv/bin/fowld" ] || { echo "run-sync: no $venv (run run-study.sh first)" >&2; exit 1; }
+"$here/install-venv.sh" "$venv" >/dev/null
 command -v git-annex >/dev/null || { echo "run-sync: git-annex is not on PATH" >&2; exit 1; }
 ns=p2pannex-fowlsync-$$
 work=$(mktemp -d /tmp/fowl-sync.XXXXXX)
