@@ -347,7 +347,11 @@ impl<'a> Parser<'a> {
         if let Ok(n) = text.parse::<u64>() {
             return Some(Value::Int(n));
         }
-        text.parse::<f64>().ok().map(|_| Value::Other)
+        // Any other number (negative, fraction, exponent) is skipped, not
+        // parsed: no float parser in the binary for values we never use.
+        text.bytes()
+            .any(|b| b.is_ascii_digit())
+            .then_some(Value::Other)
     }
 
     fn string(&mut self) -> Option<String> {

@@ -17,8 +17,8 @@ pub fn fowld(repo: &Repo) -> Vec<Check> {
             Ok(took) => Check::ok(
                 KIND,
                 format!(
-                    "fowld reached the mailbox of {shown} in {:.1} s",
-                    took.as_secs_f64()
+                    "fowld reached the mailbox of {shown} in {} ms",
+                    took.as_millis()
                 ),
             ),
             Err(e) => Check::fail(

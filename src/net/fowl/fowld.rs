@@ -7,7 +7,6 @@
 //! kernel ends it if we die (`sys::terminate_with_us`). Its stderr is
 //! dropped: Twisted's tracebacks there may quote a code.
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -21,7 +20,7 @@ use crate::fowlproto::{self, Event, MAX_LINE};
 use crate::sys;
 
 /// Every fowld of ours that runs, so a stopping listener can end them all.
-static RUNNING: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Set when the listener stops: no new fowld is started.
 static STOPPING: AtomicBool = AtomicBool::new(false);
@@ -103,7 +102,7 @@ impl Fowld {
                 }
             })?;
         if let Ok(mut running) = RUNNING.lock() {
-            running.get_or_insert_with(HashSet::new).insert(child.id());
+            running.push(child.id());
         }
         Ok(Fowld {
             child,
@@ -205,9 +204,7 @@ impl Fowld {
 impl Drop for Fowld {
     fn drop(&mut self) {
         if let Ok(mut running) = RUNNING.lock() {
-            if let Some(set) = running.as_mut() {
-                set.remove(&self.child.id());
-            }
+            running.retain(|&pid| pid != self.child.id());
         }
         if matches!(self.child.try_wait(), Ok(None)) {
             // Not closed on purpose: never leave it running.
@@ -232,11 +229,7 @@ pub fn wait_closing(limit: Duration) {
 /// a listener that stops leaves no nameplate claimed.
 pub fn terminate_all(limit: Duration) {
     STOPPING.store(true, Ordering::SeqCst);
-    let pids: Vec<u32> = RUNNING
-        .lock()
-        .ok()
-        .and_then(|r| r.as_ref().map(|s| s.iter().copied().collect()))
-        .unwrap_or_default();
+    let pids: Vec<u32> = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
     for &pid in &pids {
         term(pid);
     }
