@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use support::fowl::{self, FowlNet};
 use support::netns::root_or_skip;
 use support::peers::{answer_seed, check_exact, framed_stream_server, send_stream};
-use support::{TempDir, bin, isolate, wait_until, with_config};
+use support::{TempDir, bin, isolate, repo, wait_until, with_config};
 
 /// How long one connection (set-up, a few MiB, close) may take before it
 /// counts as hung: setup is ~1-3 s, up to ~9 s with 4 at once on 2 busy
@@ -50,18 +50,6 @@ const PUBLIC_MAILBOX: &str = "ws://relay.magic-wormhole.io:4000/v1";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A git repository (git-annex is not needed for these modes).
-fn repo(tag: &str) -> TempDir {
-    let dir = TempDir::new(tag);
-    let ok = Command::new("git")
-        .args(["init", "-q"])
-        .current_dir(dir.path())
-        .status()
-        .expect("git init");
-    assert!(ok.success());
-    dir
-}
 
 /// `p2p-annex.fowl.fowld` (the venv's) and `p2p-annex.fowl.mailbox`.
 fn config(net: &FowlNet) -> Vec<(String, String)> {

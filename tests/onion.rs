@@ -15,18 +15,6 @@ use crate::support::tor::{self, Auth, Tor};
 use crate::support::tornet::TorNet;
 use crate::support::*;
 
-/// A git repository (git-annex is not needed for these modes).
-fn repo(tag: &str) -> TempDir {
-    let dir = TempDir::new(tag);
-    let ok = Command::new("git")
-        .args(["init", "-q"])
-        .current_dir(dir.path())
-        .status()
-        .expect("git init");
-    assert!(ok.success());
-    dir
-}
-
 /// The binary under test inside tor's namespace, in `dir`, with `config`.
 fn p2p_in(tor: &Tor, dir: &Path, config: &[(&str, &str)]) -> Command {
     let mut cmd = tor.ns.exec(&bin());

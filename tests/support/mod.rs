@@ -61,6 +61,19 @@ use std::time::{Duration, Instant};
 /// instead of hanging CI.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A fresh git repository (`git init`), for modes that need one but not
+/// git-annex.
+pub fn repo(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    let ok = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(dir.path())
+        .status()
+        .expect("git init");
+    assert!(ok.success());
+    dir
+}
+
 /// The binary, with git config isolated from the machine's: no system or
 /// global config, so only what a test sets (with `GIT_CONFIG_*` or in its
 /// own repository) applies.
