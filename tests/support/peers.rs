@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::thread;
 
@@ -99,21 +99,32 @@ pub fn stream_server(path: &Path) -> thread::JoinHandle<()> {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { break };
             thread::spawn(move || {
-                let mut head = [0u8; 16];
-                if (&conn).read_exact(&mut head).is_err() {
-                    return;
-                }
-                let seed = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-                let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) as usize;
-                let writer = conn.try_clone().expect("clone");
-                let sender = thread::spawn(move || send_stream(writer, answer_seed(seed), len));
-                let verdict = check_stream(&conn, seed, len);
-                let sent = sender.join().expect("sender");
-                let ok = verdict.is_ok() && sent.is_ok();
-                let _ = (&conn).write_all(if ok { b"Y" } else { b"N" });
+                answer_streams(&conn, |c, seed, len| check_stream(c, seed, len));
             });
         }
     })
+}
+
+/// One connection of `stream_server` or `framed_stream_server`: read the
+/// seed and length, send the answer stream while `check` reads the
+/// client's, then write the verdict byte. False when no header came.
+fn answer_streams(
+    conn: &UnixStream,
+    check: impl FnOnce(&UnixStream, u64, usize) -> Result<(), String>,
+) -> bool {
+    let mut head = [0u8; 16];
+    if (&*conn).read_exact(&mut head).is_err() {
+        return false;
+    }
+    let seed = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) as usize;
+    let writer = conn.try_clone().expect("clone");
+    let sender = thread::spawn(move || send_stream(writer, answer_seed(seed), len));
+    let verdict = check(conn, seed, len);
+    let sent = sender.join().expect("sender");
+    let ok = verdict.is_ok() && sent.is_ok();
+    let _ = (&*conn).write_all(if ok { b"Y" } else { b"N" });
+    true
 }
 
 /// One client of `stream_server` through TCP: sends and checks `len` bytes
@@ -197,18 +208,9 @@ pub fn framed_stream_server(path: &Path) -> std::sync::Arc<std::sync::atomic::At
             let Ok(conn) = conn else { break };
             count.fetch_add(1, Ordering::SeqCst);
             thread::spawn(move || {
-                let mut head = [0u8; 16];
-                if (&conn).read_exact(&mut head).is_err() {
+                if !answer_streams(&conn, |c, seed, len| check_exact(c, seed, len)) {
                     return;
                 }
-                let seed = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-                let len = u64::from_le_bytes(head[8..].try_into().expect("8 bytes")) as usize;
-                let writer = conn.try_clone().expect("clone");
-                let sender = thread::spawn(move || send_stream(writer, answer_seed(seed), len));
-                let verdict = check_exact(&conn, seed, len);
-                let sent = sender.join().expect("sender");
-                let ok = verdict.is_ok() && sent.is_ok();
-                let _ = (&conn).write_all(if ok { b"Y" } else { b"N" });
                 // The client closes first; a bound, should it never.
                 let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(300)));
                 let mut rest = Vec::new();
